@@ -1,0 +1,1 @@
+"""Firing rates, spike degradation, query mask patterns and energy (not built yet)."""
