@@ -160,11 +160,18 @@ def _as_cupy(cupy, tensor: torch.Tensor):
     return cupy.from_dlpack(tensor.detach())
 
 
+def _current_stream(cupy, device: torch.device):
+    """PyTorch's current stream on ``device`` as a CuPy stream (no new stream, no sync)."""
+    torch_stream = torch.cuda.current_stream(device)
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(torch_stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(torch_stream)
+    return cupy.cuda.ExternalStream(torch_stream.cuda_stream, device.index)
+
+
 def _launch(kernel, n: int, device: torch.device, args):
     cupy = _import_cupy()
     with cupy.cuda.Device(device.index):
-        stream = cupy.cuda.Stream.from_external(torch.cuda.current_stream(device))
-        with stream:
+        with _current_stream(cupy, device):
             kernel(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
                    tuple(_as_cupy(cupy, a) if isinstance(a, torch.Tensor) else a for a in args))
 

@@ -23,37 +23,26 @@ input dtype, so fp16/bf16 autocast does not round the membrane state.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
 
-__all__ = ["NILIFNode", "BACKENDS", "nilif_multistep"]
+__all__ = ["NILIFNode", "BACKENDS", "Dynamics", "make_dynamics", "nilif_multistep"]
 
 BACKENDS = ("torch", "cupy")
 
 
-class _Dynamics:
-    """The constants of one neuron, validated once and shared by every backend."""
+class Dynamics(NamedTuple):
+    """The validated constants of one neuron, shared by every backend."""
 
-    __slots__ = ("D", "beta", "v_threshold", "norm", "lo", "hi", "detach_reset")
-
-    def __init__(self, D, beta, v_threshold, norm, grad_window, detach_reset):
-        if isinstance(D, bool) or not isinstance(D, int) or D < 1:
-            raise ValueError(f"D (the largest integer count) must be an int >= 1, got {D!r}")
-        if not (0.0 < float(beta) <= 1.0):
-            raise ValueError(f"beta (the leak factor) must lie in (0, 1], got {beta!r}; "
-                             "beta=1 means no leak")
-        if not float(v_threshold) > 0.0:
-            raise ValueError(f"v_threshold must be > 0, got {v_threshold!r}")
-        norm = float(D) if norm is None else float(norm)
-        if not norm > 0.0:
-            raise ValueError(f"norm must be > 0, got {norm!r}")
-        lo, hi = (0.0, float(D)) if grad_window is None else map(float, grad_window)
-        if lo > hi:
-            raise ValueError(f"grad_window must be (low, high) with low <= high, got {grad_window!r}")
-        self.D, self.beta, self.v_threshold, self.norm = D, float(beta), float(v_threshold), norm
-        self.lo, self.hi, self.detach_reset = lo, hi, bool(detach_reset)
+    D: int
+    beta: float
+    v_threshold: float
+    norm: float
+    lo: float
+    hi: float
+    detach_reset: bool
 
     @property
     def grad_scale(self) -> float:
@@ -65,7 +54,25 @@ class _Dynamics:
         return self.lo == 0.0 and self.hi == float(self.D)
 
 
-def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: _Dynamics,
+def make_dynamics(D=4, beta=0.25, v_threshold=1.0, norm=None, grad_window=None,
+                  detach_reset=True) -> Dynamics:
+    """Check a neuron's parameters and resolve the defaults (norm=D, window=[0, D])."""
+    if isinstance(D, bool) or not isinstance(D, int) or D < 1:
+        raise ValueError(f"D (the largest integer count) must be an int >= 1, got {D!r}")
+    if not (0.0 < float(beta) <= 1.0):
+        raise ValueError(f"beta (the leak factor) must lie in (0, 1], got {beta!r}; beta=1 means no leak")
+    if not float(v_threshold) > 0.0:
+        raise ValueError(f"v_threshold must be > 0, got {v_threshold!r}")
+    norm = float(D) if norm is None else float(norm)
+    if not norm > 0.0:
+        raise ValueError(f"norm must be > 0, got {norm!r}")
+    lo, hi = (0.0, float(D)) if grad_window is None else map(float, grad_window)
+    if lo > hi:
+        raise ValueError(f"grad_window must be (low, high) with low <= high, got {grad_window!r}")
+    return Dynamics(D, float(beta), float(v_threshold), norm, lo, hi, bool(detach_reset))
+
+
+def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics,
                    save_mask: bool, store_v_seq: bool):
     """Eq. 16-18 over T steps, reusing float32 work buffers.
 
@@ -113,7 +120,7 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: _Dynamic
     return s_seq, v_last, v_seq, mask
 
 
-def _forward_functional(x_seq, v, dyn: _Dynamics, save_mask: bool, store_v_seq: bool):
+def _forward_functional(x_seq, v, dyn: Dynamics, save_mask: bool, store_v_seq: bool):
     """The same equations without out= buffers, for torch.compile to fuse."""
     h = v
     s_steps, masks, v_steps = [], [], []
@@ -133,7 +140,7 @@ def _forward_functional(x_seq, v, dyn: _Dynamics, save_mask: bool, store_v_seq: 
             torch.stack(masks) if save_mask else None)
 
 
-def _backward(mask: torch.Tensor, g_s, g_v, g_vseq, x_dtype, dyn: _Dynamics, want_gv: bool):
+def _backward(mask: torch.Tensor, g_s, g_v, g_vseq, x_dtype, dyn: Dynamics, want_gv: bool):
     """Adjoint of eq. 16-18: g_U[t] = scale*m[t]*g_S[t] + beta*k[t]*(g_U[t+1] + g_H[t]).
 
     k = 1 with a detached reset, 1 - m otherwise; computed as
@@ -194,7 +201,7 @@ class _NILIFTorch(torch.autograd.Function):
         return g_x, g_v0, None, None
 
 
-def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: _Dynamics,
+def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics,
                     store_v_seq: bool = False, backend: str = "torch"
                     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Run eq. 16-18 over ``x_seq`` [T, ...] from state ``v`` (float32 or None for 0).
@@ -251,7 +258,7 @@ class NILIFNode(neuron.BaseNode):
                  detach_reset: bool = True, grad_window: Optional[Tuple[float, float]] = None,
                  step_mode: str = "s", backend: str = "torch", store_v_seq: bool = False,
                  norm: Optional[float] = None):
-        dyn = _Dynamics(D, beta, v_threshold, norm, grad_window, detach_reset)
+        dyn = make_dynamics(D, beta, v_threshold, norm, grad_window, detach_reset)
         super().__init__(
             v_threshold=dyn.v_threshold,
             v_reset=None,
@@ -260,24 +267,14 @@ class NILIFNode(neuron.BaseNode):
             step_mode=step_mode,
             store_v_seq=store_v_seq,
         )
-        self._dyn = dyn
+        self.D, self.beta, self.norm, self.grad_window = D, dyn.beta, norm, grad_window
         self.backend = backend
 
     @property
-    def D(self) -> int:
-        return self._dyn.D
-
-    @property
-    def beta(self) -> float:
-        return self._dyn.beta
-
-    @property
-    def norm(self) -> float:
-        return self._dyn.norm
-
-    @property
-    def grad_window(self) -> Tuple[float, float]:
-        return (self._dyn.lo, self._dyn.hi)
+    def dynamics(self) -> Dynamics:
+        """The current parameters, checked; attributes changed after construction take effect here."""
+        return make_dynamics(self.D, self.beta, self.v_threshold, self.norm, self.grad_window,
+                             self.detach_reset)
 
     @property
     def backend(self) -> str:
@@ -290,9 +287,10 @@ class NILIFNode(neuron.BaseNode):
         self._backend = value
 
     def extra_repr(self) -> str:
-        norm = "" if self.norm == float(self.D) else f", norm={self.norm:g}"
-        return (f"D={self.D}, beta={self.beta:g}, v_threshold={self.v_threshold:g}{norm}, "
-                f"detach_reset={self.detach_reset}, grad_window={self.grad_window}, "
+        dyn = self.dynamics
+        norm = "" if dyn.norm == float(dyn.D) else f", norm={dyn.norm:g}"
+        return (f"D={dyn.D}, beta={dyn.beta:g}, v_threshold={dyn.v_threshold:g}{norm}, "
+                f"detach_reset={dyn.detach_reset}, grad_window={(dyn.lo, dyn.hi)}, "
                 f"step_mode={self.step_mode}, backend={self.backend}")
 
     def materialize_states(self, inputs, states, step_mode):
@@ -310,7 +308,7 @@ class NILIFNode(neuron.BaseNode):
         return (v, *states[1:])
 
     def _run(self, x_seq, v, store_v_seq):
-        return nilif_multistep(x_seq, v, self._dyn, store_v_seq, self.backend)
+        return nilif_multistep(x_seq, v, self.dynamics, store_v_seq, self.backend)
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         s_seq, v_last, _ = self._run(inputs[0].unsqueeze(0), states[0], False)

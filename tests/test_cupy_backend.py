@@ -1,5 +1,6 @@
 """CuPy backend: NVRTC compile checks (no GPU needed) and GPU equality with the torch backend."""
 import itertools
+import sys
 
 import pytest
 import torch
@@ -28,6 +29,12 @@ def test_fmad_option_is_what_removes_fma():
     nvrtc.compileProgram(prog, ["-arch=compute_80"])
     ptx = nvrtc.getPTX(prog)
     assert "fma." in (ptx.decode() if isinstance(ptx, bytes) else ptx)
+
+
+def test_missing_cupy_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(ImportError, match=r"spikezoo\[cuda\]"):
+        cupy_backend._import_cupy()
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

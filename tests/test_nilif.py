@@ -236,3 +236,13 @@ def test_spikingjelly_step_mode_monitor_and_model_builder():
     logits.sum().backward()
     assert model.conv1.weight.grad.abs().sum() > 0
     assert neurons.set_backend(model, "torch") == len(nodes)
+
+
+def test_attributes_changed_after_construction_take_effect_and_are_checked():
+    x = make_input(2, D=8, seed=4)
+    node = NILIFNode(D=4, step_mode="m")
+    node.D, node.beta, node.detach_reset = 8, 0.5, False
+    assert torch.equal(node(x), reference_loop(x, 8, 0.5, False)[0])
+    node.beta = 1.5
+    with pytest.raises(ValueError, match="beta"):
+        node(x)
