@@ -1,0 +1,37 @@
+"""Conventions shared by every spikezoo model.
+
+- Activations carry a leading time axis: [T, B, C, H, W] for maps, [T, B, N, C]
+  for token sequences. Per-frame layers (Conv, BN, Linear) run on the
+  T*B-folded tensor through :func:`multistep`.
+- Every spiking module takes ``neuron``, a :data:`NeuronFactory`: a callable with
+  no arguments that returns a fresh multi-step neuron (``step_mode='m'``). The
+  paper's "SN" is one call of it. :func:`neuron_factory` builds one from a kind
+  and its parameters, so a whole model swaps its neuron by one argument.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import neurons
+
+__all__ = ["NeuronFactory", "neuron_factory", "multistep"]
+
+NeuronFactory = Callable[[], nn.Module]
+
+
+def neuron_factory(kind: str = "nilif", **kwargs) -> NeuronFactory:
+    """A factory of multi-step neurons of ``kind`` (see :func:`neurons.build`)."""
+    kwargs.setdefault("step_mode", "m")
+    factory = functools.partial(neurons.build, kind, **kwargs)
+    factory()  # fail here, with the neuron's own message, rather than deep inside a model
+    return factory
+
+
+def multistep(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-frame module to [T, B, ...] by folding T into the batch."""
+    y = module(x.flatten(0, 1))
+    return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])

@@ -1,0 +1,164 @@
+"""The model registry, modelled on timm: one builder per architecture, a
+pretrained config per tag (``arch.tag``: a T x D setting or a weight set).
+
+    @register_model(cfgs={"t1d4": PretrainedCfg(num_classes=150, T=1, D=4, ...)})
+    def spike2former_ade20k(**kwargs) -> nn.Module: ...
+
+    zoo.create("spike2former_ade20k")          # the default (first) tag
+    zoo.create("spike2former_ade20k.t1d4")
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch.nn as nn
+
+__all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained",
+           "get_pretrained_cfg", "split_name", "get_builder", "is_model"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """What a user can read about one registered model and its weights (torchvision ``Weights.meta`` style).
+
+    ``model_args`` are the constructor arguments this config implies (classes, T, D,
+    neuron, ...); ``create`` passes them to the builder, and explicit keyword
+    arguments to ``create`` override them. ``paper`` holds the published figures
+    (metric, value, params, energy); ``params`` and ``macs`` are what this
+    implementation builds (a test rebuilds every model and checks them);
+    ``metrics``, ``firing_rate`` and ``energy_mj`` are our own measurements of
+    the published weights, empty until measured.
+    """
+
+    architecture: str = ""
+    tag: str = ""
+    hub_id: Optional[str] = None
+    filename: str = "model.safetensors"
+    license: Optional[str] = None
+    dataset: Optional[str] = None
+    task: str = "semantic"
+    num_classes: Optional[int] = None
+    class_names: Tuple[str, ...] = ()
+    palette: Tuple[Tuple[int, int, int], ...] = ()
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    crop_size: Tuple[int, int] = (512, 512)
+    T: int = 1
+    D: int = 4
+    neuron: str = "nilif"
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    paper: Dict[str, Any] = field(default_factory=dict)
+    params: Optional[int] = None
+    macs: Optional[float] = None
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    firing_rate: Optional[float] = None
+    energy_mj: Optional[float] = None
+    recipe: Optional[str] = None
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
+
+    @property
+    def has_weights(self) -> bool:
+        return self.hub_id is not None
+
+    def replace(self, **changes) -> "PretrainedCfg":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Entry:
+    builder: Callable[..., nn.Module]
+    cfgs: Dict[str, PretrainedCfg]
+    default_tag: str
+
+
+_REGISTRY: Dict[str, _Entry] = {}
+
+
+def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, PretrainedCfg]] = None,
+                   default_tag: Optional[str] = None):
+    """Register a model builder under its function name, with its pretrained configs by tag."""
+
+    def wrap(builder):
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        tagged = {tag: cfg.replace(architecture=name, tag=tag)
+                  for tag, cfg in (cfgs or {"": PretrainedCfg()}).items()}
+        default = default_tag if default_tag is not None else next(iter(tagged))
+        if default not in tagged:
+            raise ValueError(f"default tag {default!r} of {name} is not among {list(tagged)}")
+        _REGISTRY[name] = _Entry(builder, tagged, default)
+        return builder
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def split_name(name: str) -> Tuple[str, Optional[str]]:
+    """``'arch.tag'`` -> ``('arch', 'tag')``; ``'arch'`` -> ``('arch', None)``."""
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def _all_names() -> List[str]:
+    names = []
+    for arch, entry in _REGISTRY.items():
+        names.append(arch)
+        names.extend(f"{arch}.{tag}" for tag in entry.cfgs if tag)
+    return names
+
+
+def _unknown(name: str) -> KeyError:
+    close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return KeyError(f"unknown model {name!r}{hint} (zoo.list_models() lists them all)")
+
+
+def is_model(name: str) -> bool:
+    arch, tag = split_name(name)
+    return arch in _REGISTRY and (tag is None or tag in _REGISTRY[arch].cfgs)
+
+
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    arch, _ = split_name(name)
+    if arch not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[arch].builder
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The config of ``arch.tag`` (or of the architecture's default tag)."""
+    arch, tag = split_name(name)
+    if arch not in _REGISTRY:
+        raise _unknown(name)
+    entry = _REGISTRY[arch]
+    tag = entry.default_tag if tag is None else tag
+    if tag not in entry.cfgs:
+        raise KeyError(f"{arch} has no tag {tag!r}; its tags are {sorted(t for t in entry.cfgs if t)}")
+    return entry.cfgs[tag]
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
+    """Registered names matching a glob pattern; with ``pretrained=True`` only ``arch.tag`` names with weights."""
+    if pretrained:
+        names = [cfg.name for entry in _REGISTRY.values() for cfg in entry.cfgs.values() if cfg.has_weights]
+    else:
+        names = list(_REGISTRY)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def list_pretrained(pattern: str = "*") -> List[str]:
+    return list_models(pattern, pretrained=True)
