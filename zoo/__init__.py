@@ -1,5 +1,13 @@
-"""spikezoo model registry and models (Spike2Former, SpikeFPN, Meta-SpikeFormer).
+"""spikezoo model zoo: a timm-style registry of spiking segmentation models.
 
-The registry and the models are being built (issue 3); the package is
-declared now so that the layout of DESIGN.md installs from the start.
+    import zoo
+    zoo.list_models("spike2former*")
+    model = zoo.create("spike2former_ade20k", pretrained=True)
 """
+from . import hub
+from .factory import create
+from .hub import CheckpointMismatchError, WeightsUnavailableError, save_pretrained
+from .registry import PretrainedCfg, get_pretrained_cfg, list_models, list_pretrained, register_model
+
+__all__ = ["create", "list_models", "list_pretrained", "register_model", "get_pretrained_cfg",
+           "PretrainedCfg", "save_pretrained", "WeightsUnavailableError", "CheckpointMismatchError", "hub"]

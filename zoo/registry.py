@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 __all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained",
-           "get_pretrained_cfg", "split_name", "get_builder", "is_model"]
+           "get_pretrained_cfg", "get_checkpoint_filter", "split_name", "get_builder", "is_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,19 +78,28 @@ class PretrainedCfg:
         return dataclasses.asdict(self)
 
 
+CheckpointFilter = Callable[[Dict[str, Any], nn.Module], Dict[str, Any]]
+
+
 @dataclass
 class _Entry:
     builder: Callable[..., nn.Module]
     cfgs: Dict[str, PretrainedCfg]
     default_tag: str
+    checkpoint_filter: Optional[CheckpointFilter]
 
 
 _REGISTRY: Dict[str, _Entry] = {}
 
 
 def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, PretrainedCfg]] = None,
-                   default_tag: Optional[str] = None):
-    """Register a model builder under its function name, with its pretrained configs by tag."""
+                   default_tag: Optional[str] = None, checkpoint_filter: Optional[CheckpointFilter] = None):
+    """Register a model builder under its function name, with its pretrained configs by tag.
+
+    ``checkpoint_filter(state_dict, model)`` converts a foreign checkpoint (the
+    official code's, an ImageNet backbone's) into this model's keys; ``create``
+    applies it whenever a checkpoint's keys are not the model's own.
+    """
 
     def wrap(builder):
         name = builder.__name__
@@ -101,7 +110,7 @@ def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, Pr
         default = default_tag if default_tag is not None else next(iter(tagged))
         if default not in tagged:
             raise ValueError(f"default tag {default!r} of {name} is not among {list(tagged)}")
-        _REGISTRY[name] = _Entry(builder, tagged, default)
+        _REGISTRY[name] = _Entry(builder, tagged, default, checkpoint_filter)
         return builder
 
     return wrap(fn) if fn is not None else wrap
@@ -137,6 +146,13 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
     if arch not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[arch].builder
+
+
+def get_checkpoint_filter(name: str) -> Optional[CheckpointFilter]:
+    arch, _ = split_name(name)
+    if arch not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[arch].checkpoint_filter
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg:

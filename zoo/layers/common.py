@@ -18,7 +18,7 @@ import torch.nn as nn
 
 import neurons
 
-__all__ = ["NeuronFactory", "neuron_factory", "multistep"]
+__all__ = ["NeuronFactory", "neuron_factory", "model_neuron", "multistep"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -29,6 +29,18 @@ def neuron_factory(kind: str = "nilif", **kwargs) -> NeuronFactory:
     factory = functools.partial(neurons.build, kind, **kwargs)
     factory()  # fail here, with the neuron's own message, rather than deep inside a model
     return factory
+
+
+def model_neuron(kind: str = "nilif", D: int = 4, beta: float = 0.25) -> NeuronFactory:
+    """The neuron factory a model builds from its ``neuron``/``D``/``beta`` arguments.
+
+    'official' fixes D=8 and beta=1 itself; 'lif' is binary and takes no D.
+    """
+    if kind == "official":
+        return neuron_factory("official")
+    if kind == "lif":
+        return neuron_factory("lif", beta=beta)
+    return neuron_factory(kind, D=D, beta=beta)
 
 
 def multistep(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""Registry, weight loading and saving, on a tiny model registered for the test (no network)."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import zoo
+from zoo import hub, registry
+from zoo.base import SegmentationModel
+
+
+class Tiny(SegmentationModel):
+    def __init__(self, num_classes=3, width=4, T=1):
+        super().__init__(T=T)
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, images):
+        x, _ = self.to_sequence(images)
+        return self.head(self.bn(self.conv(x[0])))
+
+
+def _foreign_filter(state, model):
+    """Stands in for an official-checkpoint converter: 'enc.' -> 'conv.'."""
+    if not any(k.startswith("enc.") for k in state):
+        raise KeyError("no 'enc.' keys")
+    return {k.replace("enc.", "conv.", 1): v for k, v in state.items()}
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+
+    @registry.register_model(cfgs={
+        "a": zoo.PretrainedCfg(hub_id="spikezoo-test/tiny", num_classes=3, model_args={"num_classes": 3}),
+        "b": zoo.PretrainedCfg(num_classes=5, model_args={"num_classes": 5, "width": 6}),
+    }, checkpoint_filter=_foreign_filter)
+    def tiny_seg(**kwargs):
+        return Tiny(**kwargs)
+
+    @registry.register_model
+    def tiny_other(**kwargs):
+        return Tiny(**kwargs)
+
+    return tiny_seg
+
+
+def _fake_hub_cache(root, repo_id, filename, model):
+    """The folder layout huggingface_hub reads: models--org--name/{refs/main, snapshots/<rev>/file}."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snapshot / filename))
+    return root
+
+
+def test_names_tags_and_listing(tiny_registry):
+    assert zoo.list_models() == ["tiny_other", "tiny_seg"]
+    assert zoo.list_models("tiny_s*") == ["tiny_seg"]
+    assert zoo.list_pretrained() == ["tiny_seg.a"]
+    assert zoo.get_pretrained_cfg("tiny_seg").name == "tiny_seg.a"  # first tag is the default
+    assert zoo.get_pretrained_cfg("tiny_seg.b").num_classes == 5
+    model = zoo.create("tiny_seg.b")
+    assert model.head.out_channels == 5 and model.conv.out_channels == 6
+    assert model.pretrained_cfg.name == "tiny_seg.b"
+    assert zoo.create("tiny_seg.b", width=2).conv.out_channels == 2  # kwargs override the config
+
+
+def test_unknown_names_suggest_the_closest(tiny_registry):
+    with pytest.raises(KeyError, match="did you mean tiny_seg"):
+        zoo.create("tiny_sge")
+    with pytest.raises(KeyError, match="tags are"):
+        zoo.create("tiny_seg.zz")
+
+
+def test_save_pretrained_round_trip(tiny_registry, tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create("tiny_seg.b", width=3).eval()
+    out = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "tiny_seg" and config["model_args"]["width"] == 3
+    x = torch.randn(2, 3, 20, 20)
+    for again in (zoo.create(str(out)), zoo.create("tiny_seg", checkpoint_path=out)):
+        again.eval()
+        assert again.conv.out_channels == 3  # saved constructor arguments are reused
+        assert torch.equal(again(x), model(x))
+
+
+def test_pth_wrappers_and_foreign_keys(tiny_registry, tmp_path):
+    source = zoo.create("tiny_seg.a")
+    foreign = {k.replace("conv.", "enc.", 1): v for k, v in source.state_dict().items()}
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": foreign, "meta": {"iter": 10}}, path)
+    loaded = zoo.create("tiny_seg.a", checkpoint_path=path)
+    assert torch.equal(loaded.conv.weight, source.conv.weight)
+    ddp = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, ddp)
+    assert torch.equal(zoo.create("tiny_seg.a", checkpoint_path=ddp).head.bias, source.head.bias)
+
+
+def test_strict_loading_lists_every_mismatch(tiny_registry, tmp_path):
+    state = zoo.create("tiny_seg.a").state_dict()
+    state.pop("head.bias")
+    state["conv.weight"] = torch.zeros(4, 3, 5, 5)
+    state["conv.extra"] = torch.zeros(1)
+    path = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+    save_file(state, str(path))
+    with pytest.raises(zoo.CheckpointMismatchError) as err:
+        zoo.create("tiny_seg.a", checkpoint_path=path)
+    text = str(err.value)
+    assert "head.bias" in text and "conv.extra" in text and "(4, 3, 5, 5)" in text
+
+
+def test_missing_and_corrupt_files(tiny_registry, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        zoo.create("tiny_seg.a", checkpoint_path=tmp_path / "nope.pth")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="corrupt"):
+        zoo.create("tiny_seg.a", checkpoint_path=corrupt)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        zoo.create("tiny_seg.a", checkpoint_path=tmp_path)
+
+
+def test_fake_hub_cache_local_files_only(tiny_registry, tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    reference = zoo.create("tiny_seg.a")
+    cache = _fake_hub_cache(tmp_path / "hub", "spikezoo-test/tiny", "model.safetensors", reference)
+    model = zoo.create("tiny_seg.a", pretrained=True, cache_dir=cache, local_files_only=True)
+    assert torch.equal(model.conv.weight, reference.conv.weight)
+    # HF_HUB_OFFLINE is honoured when local_files_only is not given
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert torch.equal(zoo.create("tiny_seg.a", pretrained=True, cache_dir=cache).head.weight,
+                       reference.head.weight)
+
+
+def test_weights_unavailable_errors_say_where_and_how(tiny_registry, tmp_path):
+    empty = tmp_path / "empty-cache"
+    with pytest.raises(zoo.WeightsUnavailableError) as err:
+        zoo.create("tiny_seg.a", pretrained=True, cache_dir=empty, local_files_only=True)
+    text = str(err.value)
+    assert "model.safetensors" in text and "spikezoo-test/tiny" in text and str(empty) in text
+    assert "checkpoint_path" in text
+    with pytest.raises(zoo.WeightsUnavailableError, match="no weights are published"):
+        zoo.create("tiny_seg.b", pretrained=True)
+
+
+def test_input_checks(tiny_registry):
+    model = zoo.create("tiny_seg.a")
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model(torch.randn(3, 8, 8))
+    with pytest.raises(TypeError, match="float"):
+        model(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    assert model(torch.randn(1, 3, 33, 47)).shape == (1, 3, 64, 64)  # padded to a multiple of 32
