@@ -5,6 +5,7 @@
     model = zoo.create("spike2former_ade20k", pretrained=True)
 """
 from . import hub
+from . import backbones, spike2former, spikefpn  # noqa: F401  (registers the models)
 from .factory import create
 from .hub import CheckpointMismatchError, WeightsUnavailableError, save_pretrained
 from .registry import PretrainedCfg, get_pretrained_cfg, list_models, list_pretrained, register_model

@@ -1,0 +1,149 @@
+"""Every registered segmentation model: builds, runs, trains, saves, loads official checkpoints."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo.registry import get_pretrained_cfg
+
+OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_keys"
+
+SEGMENTORS = [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
+TAGGED = sorted({cfg for n in SEGMENTORS for cfg in [f"{n}.{t}" for t in zoo.registry._REGISTRY[n].cfgs]})
+
+TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
+                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
+                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
+TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
+
+
+def tiny(name, **kwargs):
+    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
+    return zoo.create(name, **{**widths, **kwargs})
+
+
+def test_there_are_models_to_test():
+    assert len(SEGMENTORS) >= 7
+
+
+@pytest.mark.parametrize("name", SEGMENTORS)
+@pytest.mark.parametrize("T", [1, 2])
+def test_forward_backward_predict(name, T):
+    torch.manual_seed(0)
+    model = tiny(name, T=T)
+    cfg = model.pretrained_cfg
+    images = torch.randn(2, 3, 64, 64)
+    out = model(images)
+    if name.startswith("spike2former"):
+        logits, masks = out["pred_logits"], out["pred_masks"]
+        assert logits.shape == (3, 2, 5, cfg.num_classes + 1)  # initial queries + 2 layers
+        assert masks.shape == (3, 2, 5, 32, 32)
+        loss = logits.square().mean() + masks.square().mean()
+    else:
+        assert out.shape == (2, cfg.num_classes, 32, 32)
+        loss = out.square().mean()
+    loss.backward()
+    first = next(p for n, p in model.named_parameters() if n.startswith("backbone."))
+    assert first.grad is not None and first.grad.abs().sum() > 0 and first.grad.isfinite().all()
+
+    model.eval()
+    odd = torch.randn(1, 3, 50, 70)
+    prediction = model.predict(odd)
+    if cfg.task == "panoptic":
+        ids, segments = prediction[0]
+        assert ids.shape == (50, 70) and ids.dtype == torch.int32
+        assert all(0 <= s["category_id"] < cfg.num_classes for s in segments)
+    else:
+        assert prediction.shape == (1, 50, 70) and prediction.dtype == torch.int64
+        assert 0 <= int(prediction.min()) and int(prediction.max()) < cfg.num_classes
+
+
+@pytest.mark.parametrize("name", SEGMENTORS)
+def test_neurons_reset_at_every_forward(name):
+    model = tiny(name).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    key = "pred_masks" if isinstance(first, dict) else None
+    a, b = (first[key], second[key]) if key else (first, second)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", SEGMENTORS)
+def test_save_pretrained_round_trip(name, tmp_path):
+    torch.manual_seed(1)
+    model = tiny(name).eval()
+    folder = model.save_pretrained(tmp_path / name)
+    again = zoo.create(str(folder)).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(images), again(images)
+    if isinstance(a, dict):
+        a, b = a["pred_masks"], b["pred_masks"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", TAGGED)
+def test_recorded_parameter_counts(name):
+    cfg = get_pretrained_cfg(name)
+    if cfg.params is None:
+        pytest.fail(f"{name} records no parameter count")
+    model = zoo.create(name)
+    assert sum(p.numel() for p in model.parameters()) == cfg.params
+
+
+def _synthetic_official(tsv):
+    state = {}
+    for line in tsv.read_text().splitlines():
+        key, shape = line.split("\t")
+        dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
+        state[key] = torch.randint(0, 1000, dims) if key.endswith("num_batches_tracked") else torch.randn(dims)
+    return state
+
+
+OFFICIAL_CASES = [
+    ("SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv", "spike2former_ade20k", {}),
+    ("SDTv2_maskformer_DCNPixelDecoder_CityScapes.tsv", "spike2former_cityscapes", {}),
+    ("SDTv2_Spike2former_voc_512x512.tsv", "spike2former_voc2012", {"num_classes": 150}),  # as released
+    ("SDTv2_maskformer_cocostuff164k_512x512.tsv", "spike2former_ade20k", {"num_classes": 171}),
+    ("fpn_sdtv2_512x512_ade20k.tsv", "spikefpn_ade20k", {}),
+]
+
+
+@pytest.mark.parametrize("tsv,name,kwargs", OFFICIAL_CASES)
+def test_official_checkpoints_convert_and_load(tsv, name, kwargs, tmp_path):
+    path = OFFICIAL_KEYS / tsv
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    state = _synthetic_official(path)
+    ckpt = tmp_path / "official.pth"
+    torch.save({"meta": {"iter": 160000}, "state_dict": state}, ckpt)
+    model = zoo.create(name, checkpoint_path=ckpt, **kwargs)
+    ours = model.state_dict()
+    # every official tensor lands somewhere, exactly once, unchanged up to a reshape
+    official_values = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    ours_by_sum = {}
+    for k, v in ours.items():
+        if not k.endswith("num_batches_tracked"):
+            ours_by_sum.setdefault((round(float(v.double().sum()), 3), v.numel()), []).append(k)
+    for k, v in list(official_values.items())[::37]:
+        assert (round(float(v.double().sum()), 3), v.numel()) in ours_by_sum, k
+
+
+def test_imagenet_backbone_checkpoint_initialises_the_backbone(tmp_path):
+    path = OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    full = _synthetic_official(path)
+    classification = {k[len("backbone."):]: v for k, v in full.items() if k.startswith("backbone.")}
+    classification["head.weight"], classification["head.bias"] = torch.randn(1000, 360), torch.randn(1000)
+    ckpt = tmp_path / "imagenet.pth"
+    torch.save({"model": classification}, ckpt)
+    torch.manual_seed(0)
+    reference = zoo.create("spike2former_ade20k")
+    torch.manual_seed(0)
+    model = zoo.create("spike2former_ade20k", checkpoint_path=ckpt)
+    assert torch.equal(model.state_dict()["sdme.shortcut_weight"], reference.state_dict()["sdme.shortcut_weight"])
+    conv = model.state_dict()["backbone." + next(iter(model.backbone.state_dict()))]
+    assert torch.equal(conv, classification["downsample1_1.encode_conv.weight"])

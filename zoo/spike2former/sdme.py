@@ -1,0 +1,147 @@
+r"""SDME: spike-driven mask embedding with ME-Shortcut (paper eqs 14-15; official-spike2former.md §6.5).
+
+For query states ``q`` ``[L, T, B, Q, C]`` (the initial queries and every decoder
+layer's output) and real-valued mask features ``P`` ``[T, B, C, H, W]``::
+
+    z       = sigmoid(q)
+    s       = alpha * SN(z)                                   (alpha = 4; {0, alpha/D} after a sigmoid)
+    cls     = mean_T  Linear(C, K+1)(s)                       [L, B, Q, K+1]
+    m       = fc_out(alpha * SN(fc2(alpha * SN(fc1(s)))))     (fc1, fc2 without bias)
+    e       = alpha * SN(m + w * BN_Q(Conv1d_{Q->Q}(s)))      (ME-Shortcut; the conv mixes QUERIES)
+    masks   = mean_T  einsum('qc,chw->qhw', e, P)             [L, B, Q, H, W]
+
+Ablations (paper Table 3): ``me_shortcut=False`` gives the vanilla ``e = alpha * SN(m)``;
+``shortcut_conv=False`` keeps the shortcut without its conv, ``e = alpha * SN(m + w * s)``.
+
+The release computes ``alpha * SN(z)`` twice with two neuron instances (for the MLP
+and for the shortcut); their outputs are identical, so ``s`` is spiked once here.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..layers.common import NeuronFactory, neuron_factory
+
+__all__ = ["MaskEmbeddingMLP", "SDME", "convert_official_sdme"]
+
+
+class MaskEmbeddingMLP(nn.Module):
+    """``fc_out(alpha * SN(fc2(alpha * SN(fc1(s)))))`` on the last axis; fc1 and fc2 have no bias."""
+
+    def __init__(self, dim: int = 256, neuron: Optional[NeuronFactory] = None, alpha: float = 4.0):
+        super().__init__()
+        neuron = neuron or neuron_factory()
+        self.alpha = alpha
+        self.fc1 = nn.Linear(dim, dim, bias=False)
+        self.spike1 = neuron()
+        self.fc2 = nn.Linear(dim, dim, bias=False)
+        self.spike2 = neuron()
+        self.fc_out = nn.Linear(dim, dim)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """``s``: spikes with the time axis first."""
+        h = self.alpha * self.spike1(self.fc1(s))
+        h = self.alpha * self.spike2(self.fc2(h))
+        return self.fc_out(h)
+
+
+class SDME(nn.Module):
+    """Spike-driven mask embedding head: class logits and mask logits for every query state.
+
+    ``forward(query_states [L, T, B, Q, C], mask_features [T, B, C, H, W], last_only=False)
+    -> (class_logits [L, B, Q, K+1], mask_logits [L, B, Q, H, W])``, both averaged over T.
+    ``last_only=True`` predicts from the last state only (inference) and returns L = 1;
+    in eval mode it equals the last row of the full output (in training mode the
+    shortcut's BatchNorm statistics would cover one state instead of all).
+    """
+
+    def __init__(self, dim: int = 256, num_queries: int = 100, num_classes: int = 150,
+                 neuron: Optional[NeuronFactory] = None, alpha: float = 4.0, me_shortcut: bool = True,
+                 shortcut_conv: bool = True):
+        super().__init__()
+        neuron = neuron or neuron_factory()
+        self.num_queries = num_queries
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.query_spike = neuron()
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.mask_mlp = MaskEmbeddingMLP(dim, neuron, alpha)
+        self.me_shortcut = me_shortcut
+        if me_shortcut and shortcut_conv:
+            self.shortcut_conv = nn.Sequential(OrderedDict(
+                conv=nn.Conv1d(num_queries, num_queries, kernel_size=1, bias=False),
+                bn=nn.BatchNorm1d(num_queries)))
+        else:
+            self.shortcut_conv = None
+        self.shortcut_weight = nn.Parameter(torch.ones(1)) if me_shortcut else None
+        self.embed_spike = neuron()
+        # initialisation of the official head
+        nn.init.trunc_normal_(self.class_embed.weight, std=0.02)
+        nn.init.zeros_(self.class_embed.bias)
+        nn.init.trunc_normal_(self.mask_mlp.fc_out.weight, std=0.02)
+        nn.init.zeros_(self.mask_mlp.fc_out.bias)
+
+    def extra_repr(self) -> str:
+        return (f"num_queries={self.num_queries}, num_classes={self.num_classes}, alpha={self.alpha}, "
+                f"me_shortcut={self.me_shortcut}, shortcut_conv={self.shortcut_conv is not None}")
+
+    def mask_embedding(self, s: torch.Tensor) -> torch.Tensor:
+        """``e = alpha * SN(MLP(s) + w * BN(Conv_Q(s)))`` for spikes ``s`` ``[T, L, B, Q, C]``."""
+        embedding = self.mask_mlp(s)
+        if self.me_shortcut:
+            shortcut = s
+            if self.shortcut_conv is not None:
+                # queries are the Conv1d's channels: [T*L*B, Q, C]
+                shortcut = self.shortcut_conv(s.flatten(0, 2)).view_as(s)
+            embedding = embedding + self.shortcut_weight * shortcut
+        return self.alpha * self.embed_spike(embedding)
+
+    def forward(self, query_states: torch.Tensor, mask_features: torch.Tensor,
+                last_only: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        if query_states.dim() != 5 or query_states.shape[3] != self.num_queries:
+            raise ValueError(f"query_states must be [L, T, B, {self.num_queries}, C], "
+                             f"got {tuple(query_states.shape)}")
+        if mask_features.dim() != 5 or mask_features.shape[:2] != query_states.shape[1:3]:
+            raise ValueError(f"mask_features must be [T, B, C, H, W] with the T, B of query_states, "
+                             f"got {tuple(mask_features.shape)}")
+        if last_only:
+            query_states = query_states[-1:]
+        # time leads for the neurons: [T, L, B, Q, C]
+        s = self.alpha * self.query_spike(torch.sigmoid(query_states).transpose(0, 1))
+        class_logits = self.class_embed(s).mean(0)
+        embedding = self.mask_embedding(s)
+        # summing over t and c at once = mean over T of the per-step mask logits
+        mask_logits = torch.einsum("tlbqc,tbchw->lbqhw", embedding, mask_features) / s.shape[0]
+        return class_logits, mask_logits
+
+
+_OFFICIAL_SDME_KEY = re.compile(r"(cls_embed|mask_embed|shortcut_conv\.[01]|w)(\..+)?")
+_OFFICIAL_SDME_MODULES = {
+    "cls_embed": "class_embed",
+    "mask_embed": "mask_mlp",
+    "shortcut_conv.0": "shortcut_conv.conv",
+    "shortcut_conv.1": "shortcut_conv.bn",
+    "w": "shortcut_weight",
+}
+
+
+def convert_official_sdme(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official ``decode_head.`` keys (prefix stripped) -> :class:`SDME` keys (default config).
+
+    Only ``cls_embed.*``, ``mask_embed.*``, ``shortcut_conv.*`` and ``w`` are taken; every
+    other key (pixel decoder, transformer decoder) is ignored. The official layers have
+    the same types and shapes as ours (Linear MLP, Conv1d 1x1 + BatchNorm1d over queries),
+    so values are passed through.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        match = _OFFICIAL_SDME_KEY.fullmatch(key)
+        if match:
+            module, rest = match.groups()
+            converted[_OFFICIAL_SDME_MODULES[module] + (rest or "")] = value
+    return converted
