@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from zoo.layers.common import NeuronFactory, neuron_factory
 
-__all__ = ["SpikeConvBN", "ESC", "SDDA", "ChannelMLP", "SDTELayer", "SpikePixelDecoder",
+__all__ = ["MultiLevelConvBN", "ESC", "SDDA", "ChannelMLP", "SDTELayer", "SpikePixelDecoder",
            "deformable_sample", "kernel_points", "tokens_last", "convert_official_pixel_decoder"]
 
 Shapes = Sequence[Tuple[int, int]]
@@ -54,7 +54,7 @@ def caffe2_xavier_(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
-class SpikeConvBN(nn.Module):
+class MultiLevelConvBN(nn.Module):
     r"""``BN(Conv(SN(x)))`` applied frame by frame.
 
     ``neuron=None`` drops the SN (the input is already spikes); ``norm=False``
@@ -102,9 +102,9 @@ class ESC(nn.Module):
                  neuron: NeuronFactory):
         super().__init__()
         hidden = channels * expansion
-        self.pw1 = SpikeConvBN(channels, hidden, 1, neuron=neuron)
-        self.dw = SpikeConvBN(hidden, hidden, kernel_size, groups=hidden, neuron=neuron)
-        self.pw2 = SpikeConvBN(hidden, channels, 1, neuron=neuron)
+        self.pw1 = MultiLevelConvBN(channels, hidden, 1, neuron=neuron)
+        self.dw = MultiLevelConvBN(hidden, hidden, kernel_size, groups=hidden, neuron=neuron)
+        self.pw2 = MultiLevelConvBN(hidden, channels, 1, neuron=neuron)
 
     def forward(self, x: torch.Tensor, shapes: Shapes) -> torch.Tensor:
         return self.pw2(self.dw(self.pw1(x, shapes), shapes), shapes)
@@ -222,10 +222,10 @@ class SDDA(nn.Module):
         self.spike_query, self.official = spike_query, official
         points = groups * num_levels * kernel_size ** 2
         self.value_proj = ESC(channels, dw_kernel_size, expansion, neuron=neuron)
-        self.dw = SpikeConvBN(channels, channels, dw_kernel_size, groups=channels, neuron=neuron)
+        self.dw = MultiLevelConvBN(channels, channels, dw_kernel_size, groups=channels, neuron=neuron)
         self.offset_spike = neuron()
-        self.offset = SpikeConvBN(channels, 2 * points, 1, neuron=None, bias=True)
-        self.attn_weight = SpikeConvBN(channels, points, 1, neuron=None, bias=True)
+        self.offset = MultiLevelConvBN(channels, 2 * points, 1, neuron=None, bias=True)
+        self.attn_weight = MultiLevelConvBN(channels, points, 1, neuron=None, bias=True)
         if spike_query:
             self.value_spike = neuron()
         else:
@@ -356,7 +356,7 @@ class SpikePixelDecoder(nn.Module):
         encoder_inputs = self.in_channels[self.num_fpn_inputs:][::-1]  # coarsest first
         C = feat_channels
         self.input_projs = nn.ModuleList(
-            SpikeConvBN(c, C, 1, neuron=neuron, bias=True) for c in encoder_inputs)
+            MultiLevelConvBN(c, C, 1, neuron=neuron, bias=True) for c in encoder_inputs)
         if multi_scale_queries:
             self.level_embed = nn.Parameter(torch.randn(num_levels, C))
         else:
@@ -366,13 +366,13 @@ class SpikePixelDecoder(nn.Module):
                       spike_query=spike_query, official=official)
             for _ in range(num_encoder_layers if use_sdte else 0))
         self.output_projs = nn.ModuleList(
-            SpikeConvBN(C, C, 1, neuron=neuron, bias=True) for _ in range(num_levels))
+            MultiLevelConvBN(C, C, 1, neuron=neuron, bias=True) for _ in range(num_levels))
         self.lateral_convs = nn.ModuleList(
-            SpikeConvBN(self.in_channels[i], C, 1, neuron=neuron, bias=True)
+            MultiLevelConvBN(self.in_channels[i], C, 1, neuron=neuron, bias=True)
             for i in range(self.num_fpn_inputs))
         self.output_convs = nn.ModuleList(
-            SpikeConvBN(C, C, 3, neuron=neuron, groups=C) for _ in range(self.num_fpn_inputs))
-        self.mask_feature = SpikeConvBN(C, C, 1, neuron=neuron, bias=True, norm=False)
+            MultiLevelConvBN(C, C, 3, neuron=neuron, groups=C) for _ in range(self.num_fpn_inputs))
+        self.mask_feature = MultiLevelConvBN(C, C, 1, neuron=neuron, bias=True, norm=False)
         # The released init_weights (caffe2 Xavier); it skips the last lateral and
         # output conv by an off-by-one, we initialise them all alike.
         for module in (*self.input_projs, *self.output_projs, *self.lateral_convs,
