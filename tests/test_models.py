@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zoo
+from zoo.complexity import count_macs
 from zoo.registry import get_pretrained_cfg
 
 OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_keys"
@@ -91,6 +92,18 @@ def test_recorded_parameter_counts(name):
         pytest.fail(f"{name} records no parameter count")
     model = zoo.create(name)
     assert sum(p.numel() for p in model.parameters()) == cfg.params
+
+
+@pytest.mark.parametrize("name", TAGGED)
+def test_recorded_macs(name):
+    """cfg.macs: GMACs per time step of one inference at the crop size (zoo.complexity's convention),
+    counted on the meta device so that the 34M models at 1024x1024 cost about a second."""
+    cfg = get_pretrained_cfg(name)
+    if cfg.macs is None:
+        pytest.fail(f"{name} records no MAC count")
+    with torch.device("meta"):
+        model = zoo.create(name)
+    assert count_macs(model, cfg.crop_size, T=1).total / 1e9 == pytest.approx(cfg.macs, rel=5e-3)
 
 
 def _synthetic_official(tsv):

@@ -206,16 +206,17 @@ _PAPER = "Lei et al., Spike2Former, AAAI 2025 (SpikeFPN baseline)"
 
 
 def _cfg(dataset: str, classes, palette, T: int, D: int, params, paper, model_args=None, notes="",
-         crop=(512, 512)) -> PretrainedCfg:
+         crop=(512, 512), macs: Optional[float] = None) -> PretrainedCfg:
+    """``macs``: GMACs of one inference per time step at the crop size (``zoo.complexity`` convention)."""
     args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
     return PretrainedCfg(dataset=dataset, num_classes=len(classes), class_names=tuple(classes),
                          palette=tuple(palette), crop_size=crop, T=T, D=D, model_args=args,
-                         paper={"source": _PAPER, **paper} if paper else {}, params=params, recipe=dataset,
-                         notes=notes)
+                         paper={"source": _PAPER, **paper} if paper else {}, params=params, macs=macs,
+                         recipe=dataset, notes=notes)
 
 
 @register_model(cfgs={"t4d1": _cfg("ade20k", meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 4, 1, 16_472_190,
-                                   {"mIoU": 33.6, "params": "17M", "energy_mj": 88.1})},
+                                   {"mIoU": 33.6, "params": "17M", "energy_mj": 88.1}, macs=66.695)},
                 checkpoint_filter=_checkpoint_filter)
 def spikefpn_ade20k(**kwargs) -> SpikeFPN:
     """SpikeFPN on ADE20K (150 classes), T x D = 4 x 1 (binary spikes); 16,472,190 parameters."""
@@ -228,9 +229,9 @@ _VOC_NOTE = ("The paper lists 59M params for the 4x1 row; no width of the releas
 
 @register_model(cfgs={
     "t1d1": _cfg("voc2012", meta.VOC_CLASSES, meta.VOC_PALETTE, 1, 1, 16_455_549,
-                 {"mIoU": 58.1, "params": "17M", "energy_mj": 81.4}, notes=_VOC_NOTE),
+                 {"mIoU": 58.1, "params": "17M", "energy_mj": 81.4}, notes=_VOC_NOTE, macs=65.613),
     "t4d1": _cfg("voc2012", meta.VOC_CLASSES, meta.VOC_PALETTE, 4, 1, 16_455_549,
-                 {"mIoU": 61.1, "params": "59M", "energy_mj": 179.4}, notes=_VOC_NOTE),
+                 {"mIoU": 61.1, "params": "59M", "energy_mj": 179.4}, notes=_VOC_NOTE, macs=65.613),
 }, checkpoint_filter=_checkpoint_filter)
 def spikefpn_voc2012(**kwargs) -> SpikeFPN:
     """SpikeFPN on Pascal VOC 2012 (21 classes), tags 1x1 and 4x1."""
@@ -239,7 +240,7 @@ def spikefpn_voc2012(**kwargs) -> SpikeFPN:
 
 @register_model(cfgs={"t1d4": _cfg(
     "camvid", meta.CAMVID_CLASSES, meta.CAMVID_PALETTE, 1, 4, 368_503, {}, crop=(360, 480),
-    model_args=dict(CAMVID_BACKBONE, neck_channels=32),
+    model_args=dict(CAMVID_BACKBONE, neck_channels=32), macs=2.121,
     notes="The SpikeFPN baseline for spike2former_camvid, on the same scaled-down backbone; not in the paper.")},
     checkpoint_filter=_checkpoint_filter)
 def spikefpn_camvid(**kwargs) -> SpikeFPN:

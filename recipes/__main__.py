@@ -1,0 +1,157 @@
+"""``python -m recipes``: list, train, evaluate and predict.
+
+    python -m recipes list
+    python -m recipes train camvid [--set train.iters=100 --set optim.lr=5e-4] [--out runs/x] [--resume]
+    torchrun --nproc_per_node=2 -m recipes train camvid          # DDP (gloo on CPU, nccl on GPU)
+    python -m recipes eval camvid --weights runs/x/best.pth
+    python -m recipes predict --model spike2former_camvid --weights runs/x/best.pth img.png --out pred/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from . import config as cfg_lib
+
+
+def _load_recipe(args) -> dict:
+    recipe = cfg_lib.apply_overrides(cfg_lib.load_recipe(args.recipe), args.set or [])
+    return recipe
+
+
+def _load_model_weights(model, name: str, weights: str) -> None:
+    """Our training checkpoints ({'model': ...}), saved folders, .safetensors, official checkpoints."""
+    from zoo.factory import load_weights
+    from zoo.hub import read_checkpoint
+    load_weights(model, name, read_checkpoint(weights), source=weights)
+
+
+def cmd_list(args) -> int:
+    for name in cfg_lib.list_recipes():
+        recipe = cfg_lib.load_recipe(name)
+        print(f"{name:18s} model={recipe['model']['name']:28s} dataset={recipe['data']['dataset']:14s} "
+              f"iters={recipe['train']['iters']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .engine import train
+    recipe = _load_recipe(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{recipe['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(recipe, out, resume=args.resume, skip_bad=args.skip_bad, device=args.device,
+                   progress=not args.no_progress)
+    print(json.dumps({"out": str(out), **result}, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine import DistributedContext, build_datasets, build_model, evaluate
+    recipe = _load_recipe(args)
+    ctx = DistributedContext(args.device)
+    model = build_model(recipe)
+    _load_model_weights(model, recipe["model"]["name"], args.weights)
+    model.to(ctx.device)
+    _, _, val_set, eval_tf = build_datasets(recipe, model, args.skip_bad)
+    metrics = evaluate(model, val_set, eval_tf, ctx, args.limit, progress=not args.no_progress)
+    if ctx.is_main:
+        shown = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+        print(json.dumps(shown, indent=2, default=str))
+    ctx.close()
+    return 0
+
+
+def _overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+
+
+def cmd_predict(args) -> int:
+    from PIL import Image
+    import zoo
+    model = zoo.create(args.model)
+    if args.weights:
+        _load_model_weights(model, args.model, args.weights)
+    model.eval()
+    cfg = model.pretrained_cfg
+    palette = np.array(cfg.palette or [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(256)],
+                       dtype=np.uint8)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(cfg.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1)
+    for path in map(Path, args.images):
+        try:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"cannot read image {path}: {err}")
+        x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
+        prediction = model.predict(x[None])
+        if cfg.task == "panoptic":
+            segment_ids, segments = prediction[0]
+            ids = segment_ids.numpy()
+            categories = np.zeros(len(segments) + 1, dtype=np.int64)
+            for seg in segments:
+                categories[seg["id"]] = seg["category_id"]
+            colours = np.where(ids[..., None] > 0, palette[categories[ids] % len(palette)], 0)
+            Image.fromarray(ids.astype(np.uint16)).save(out / f"{path.stem}_segments.png")
+            (out / f"{path.stem}_segments.json").write_text(json.dumps(segments, indent=2))
+        else:
+            labels = prediction[0].numpy()
+            colours = palette[labels % len(palette)]
+            dtype = np.uint8 if cfg.num_classes <= 256 else np.uint16
+            Image.fromarray(labels.astype(dtype)).save(out / f"{path.stem}_labels.png")
+        Image.fromarray(_overlay(rgb, colours)).save(out / f"{path.stem}_overlay.png")
+        print(f"{path} -> {out}/{path.stem}_*.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the available recipes").set_defaults(func=cmd_list)
+
+    def common(p):
+        p.add_argument("recipe", help="a recipe name (python -m recipes list) or a .py file defining RECIPE")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+        p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples instead of failing")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train a recipe")
+    common(train)
+    train.add_argument("--out", help="run folder (default runs/RECIPE-TIMESTAMP)")
+    train.add_argument("--resume", nargs="?", const="auto", default=None,
+                       help="continue from a checkpoint (default: OUT/last.pth)")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate weights on a recipe's validation set")
+    common(ev)
+    ev.add_argument("--weights", required=True, help="checkpoint: ours, a saved folder or an official one")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N validation images")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment images: label map PNG + colour overlay")
+    pr.add_argument("--model", required=True, help="a registered model name (zoo.list_models())")
+    pr.add_argument("--weights", help="checkpoint to load (default: the model's initial weights)")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Building blocks shared by the recipe files."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict
+
+# Official Spike2Former schedule and optimiser (DESIGN.md section 5).
+OPTIM = dict(lr=1e-3, weight_decay=5e-3, betas=(0.9, 0.999), backbone_lr_mult=0.1, grad_clip=0.01,
+             warmup_iters=1500, poly_power=1.0, poly_iters=None,
+             no_decay=("query_feat", "query_pos", "level_embed"))
+MASK_LOSS = dict(type="mask_classification", no_object_weight=0.1, class_weight=1.0, focal_weight=20.0,
+                 dice_weight=1.0)
+PIXEL_LOSS = dict(type="per_pixel")
+# ADE20K-style multi-scale training: short side int(x * 0.1 * 640), x = 5..20
+ADE_SCALES = tuple(int(x * 0.1 * 640) for x in range(5, 21))
+
+
+def recipe(model: str, dataset: str, root: str, train_split: str, val_split: str, *, crop_size, scales,
+           max_long_side, eval_scale, batch_size: int, iters: int, eval_interval: int,
+           checkpoint_interval: int, loss=MASK_LOSS, optim_overrides=None, model_kwargs=None,
+           num_workers: int = 4, log_interval: int = 50, amp: bool = True) -> Dict[str, Any]:
+    return dict(
+        model=dict(name=model, kwargs=dict(model_kwargs or {}), init_checkpoint=None),
+        data=dict(dataset=dataset, root=root, train_split=train_split, val_split=val_split,
+                  crop_size=tuple(crop_size), scales=tuple(scales), max_long_side=max_long_side,
+                  cat_max_ratio=0.75, eval_scale=tuple(eval_scale) if eval_scale else None,
+                  batch_size=batch_size, num_workers=num_workers, val_limit=None),
+        loss=copy.deepcopy(loss),
+        optim={**OPTIM, **(optim_overrides or {})},
+        train=dict(iters=iters, eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
+                   log_interval=log_interval, seed=0, amp=amp),
+    )

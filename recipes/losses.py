@@ -1,0 +1,274 @@
+"""Training losses: Spike2Former's set criterion (mask classification) and SpikeFPN's per-pixel CE.
+
+``SetCriterion`` reproduces the official head's loss (reference §8):
+
+* per image, queries are matched to GT masks (one per class present in the
+  semantic map) by :class:`recipes.matcher.HungarianMatcher`;
+* ``loss_cls``: softmax cross-entropy over K+1 classes, unmatched queries
+  labelled K ("no object"), class weights 1 (classes) and 0.1 (no object),
+  averaged by the sum of the weights of the batch's targets (i.e. the
+  weighted mean of ``F.cross_entropy``);
+* ``loss_focal``: 20 x binary sigmoid focal loss (alpha 0.25, gamma 2) of the
+  matched queries' mask logits, bilinearly upsampled (align_corners=False) to
+  the GT resolution, summed and divided by ``num_matched * H * W``;
+* ``loss_dice``: 1 x naive dice loss (eps 1) of the same, divided by ``num_matched``;
+* ``num_matched = max(mean over ranks of the batch's #matched, 1)``, per prediction
+  (all predictions are matched first, then one all-reduce averages the counts);
+* deep supervision: every prediction in ``outputs`` (7 for Spike2Former)
+  gets the three losses, equally weighted; the last is reported as
+  ``loss_*``, the earlier ones as ``d{i}.loss_*``; ``loss`` is the total.
+
+Ignored pixels (deviation from the official code, which treats them as
+background of every mask): pixels labelled ``ignore_index`` -- and the padding
+the model adds to reach a multiple of 32 -- contribute nothing to the mask
+losses. The predictions are upsampled to the (padded) GT resolution as usual,
+then the focal loss of ignored pixels is zeroed and the sigmoid probabilities
+of ignored pixels are zeroed before the dice sums (the GT masks are already 0
+there). The normalisers keep the official form (``num_matched * H * W`` for
+focal, with H x W the full padded size), so the loss scale matches the
+official one when no pixel is ignored. The matcher gets the same valid map, so
+matching costs and losses agree. The classification loss is unaffected (a
+class present only under ignored pixels cannot appear: those pixels have no class).
+
+Resolution: the models pad the input to a multiple of 32 (bottom/right) and
+predict masks at half the *padded* size, while labels usually have the
+unpadded size. With ``mask_stride=2`` (default) a label [H, W] is padded with
+``ignore_index`` to ``(2h, 2w)`` (h x w: the mask logits), so the GT lines up
+with the predictions; this equals the official behaviour (the batch is padded
+with 255) except that padding is ignored rather than background. With
+``mask_stride=None`` predictions are resized straight to the label size (use
+it when the labels are already at the padded size or the model does not pad).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .matcher import HungarianMatcher, semantic_to_targets
+
+__all__ = ["SetCriterion", "PerPixelCrossEntropy", "sigmoid_focal_loss", "dice_loss", "align_to_label"]
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """Element-wise binary focal loss (RetinaNet), no reduction."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * (1 - p_t).pow(gamma) * ce
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: Optional[torch.Tensor] = None,
+              eps: float = 1.0) -> torch.Tensor:
+    """Per-mask naive dice loss ``1 - (2 sum(p t) + eps) / (sum(p) + sum(t) + eps)``: [M, ...] -> [M]."""
+    prob = logits.sigmoid().flatten(1)
+    targets = targets.flatten(1)
+    if valid is not None:
+        valid = valid.flatten(1)
+        prob, targets = prob * valid, targets * valid
+    numerator = 2 * (prob * targets).sum(-1)
+    denominator = prob.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + eps) / (denominator + eps)
+
+
+def _mean_over_ranks(values: List[float], device: torch.device) -> List[float]:
+    """Element-wise mean over ranks (identity when torch.distributed is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
+def align_to_label(logits: torch.Tensor, label_size: Tuple[int, int], stride: Optional[int]) -> torch.Tensor:
+    """Bilinear upsampling of [..., h, w] logits to a label's [H, W].
+
+    ``stride=s``: upsample to the padded size ``(s h, s w)`` and crop the top-left
+    H x W (the models pad bottom/right); ``stride=None``: resize straight to H x W.
+    """
+    lead = logits.shape[:-2]
+    x = logits.reshape(-1, 1, *logits.shape[-2:]) if logits.dim() != 4 else logits
+    if stride is None:
+        out = F.interpolate(x, size=tuple(label_size), mode="bilinear", align_corners=False)
+    else:
+        padded = (stride * logits.shape[-2], stride * logits.shape[-1])
+        if label_size[0] > padded[0] or label_size[1] > padded[1]:
+            raise ValueError(f"label size {tuple(label_size)} exceeds the padded prediction size {padded} "
+                             f"(logits {tuple(logits.shape[-2:])} x stride {stride})")
+        out = F.interpolate(x, size=padded, mode="bilinear", align_corners=False)
+        out = out[..., : label_size[0], : label_size[1]]
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+class SetCriterion:
+    """Spike2Former's loss: Hungarian matching + CE / focal / dice on every prediction.
+
+    ``criterion(outputs, targets)`` with ``outputs = {"pred_logits": [L, B, Q, K+1],
+    "pred_masks": [L, B, Q, h, w]}`` (``[B, ...]`` without L is one prediction) and
+    ``targets`` either semantic label maps (a [B, H, W] tensor or a list of [H, W]
+    tensors; converted with :func:`semantic_to_targets`) or a list of per-image
+    ``(labels [N], masks [N, H, W])`` / ``(labels, masks, valid [H, W])`` tuples or
+    dicts with those keys (e.g. instance masks for panoptic training).
+    Returns a dict of scalar tensors (see the module docstring), ``loss`` being the total.
+    """
+
+    def __init__(self, num_classes: int, matcher: Optional[HungarianMatcher] = None,
+                 no_object_weight: float = 0.1, class_weight: float = 1.0, focal_weight: float = 20.0,
+                 dice_weight: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 dice_eps: float = 1.0, mask_stride: Optional[int] = 2):
+        self.num_classes = num_classes
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.no_object_weight = no_object_weight
+        self.class_weight, self.focal_weight, self.dice_weight = class_weight, focal_weight, dice_weight
+        self.focal_alpha, self.focal_gamma, self.dice_eps = focal_alpha, focal_gamma, dice_eps
+        self.mask_stride = mask_stride
+        self.empty_weight = torch.ones(num_classes + 1)
+        self.empty_weight[-1] = no_object_weight
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_classes={self.num_classes}, matcher={self.matcher!r}, "
+                f"no_object_weight={self.no_object_weight}, class_weight={self.class_weight}, "
+                f"focal_weight={self.focal_weight}, dice_weight={self.dice_weight})")
+
+    # ------------------------------------------------------------------ targets
+    def prepare_targets(self, targets, mask_size: Tuple[int, int], ignore_index: int = 255,
+                        device: Optional[torch.device] = None
+                        ) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per image ``(labels [N], masks [N, H', W'] bool, valid [H', W'] bool)`` on ``device``.
+
+        H' x W' is the padded size ``mask_stride * mask_size`` (labels padded with
+        ``ignore_index``, i.e. invalid), or the label size when ``mask_stride`` is None.
+        """
+        if isinstance(targets, torch.Tensor):
+            if targets.dim() != 3:
+                raise ValueError(f"semantic targets must be [B, H, W], got {tuple(targets.shape)}")
+            targets = list(targets)
+        prepared = []
+        for target in targets:
+            if isinstance(target, torch.Tensor):
+                label = target.to(device).long()
+                valid = label != ignore_index
+                label_out = label
+                labels, masks = None, None
+            else:
+                if isinstance(target, dict):
+                    labels, masks, valid = target["labels"], target["masks"], target.get("valid")
+                else:
+                    labels, masks, valid = (tuple(target) + (None,))[:3]
+                labels, masks = labels.to(device).long(), masks.to(device).bool()
+                valid = (torch.ones(masks.shape[-2:], dtype=torch.bool, device=device) if valid is None
+                         else valid.to(device).bool())
+            height, width = valid.shape
+            if self.mask_stride is not None:
+                padded = (self.mask_stride * mask_size[0], self.mask_stride * mask_size[1])
+                if height > padded[0] or width > padded[1]:
+                    raise ValueError(f"target size {(height, width)} exceeds the padded prediction size "
+                                     f"{padded} (masks {tuple(mask_size)} x stride {self.mask_stride})")
+                pad = (0, padded[1] - width, 0, padded[0] - height)
+                valid = F.pad(valid, pad, value=False)
+                if labels is None:
+                    label_out = F.pad(label_out, pad, value=ignore_index)
+                else:
+                    masks = F.pad(masks, pad, value=False)
+            if labels is None:
+                labels, masks = semantic_to_targets(label_out, ignore_index)
+            prepared.append((labels, masks, valid))
+        return prepared
+
+    # ------------------------------------------------------------------ losses
+    def layer_losses(self, class_logits: torch.Tensor, mask_logits: torch.Tensor, targets, indices,
+                     num_matched: float) -> Dict[str, torch.Tensor]:
+        """Losses of one prediction: class_logits [B, Q, K+1], mask_logits [B, Q, h, w], prepared targets,
+        the matcher's indices and the (rank-averaged, >= 1) number of matched masks."""
+        batch, queries = class_logits.shape[:2]
+        device = class_logits.device
+        target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=device)
+        for b, ((query_idx, target_idx), (labels, _, _)) in enumerate(zip(indices, targets)):
+            target_classes[b, query_idx] = labels[target_idx]
+        weight = self.empty_weight.to(device)
+        loss_cls = F.cross_entropy(class_logits.float().flatten(0, 1), target_classes.flatten(), weight=weight)
+
+        src = torch.cat([mask_logits[b, q] for b, (q, _) in enumerate(indices)])
+        if src.shape[0] == 0:
+            zero = mask_logits.sum() * 0.0
+            return {"loss_cls": self.class_weight * loss_cls, "loss_focal": zero, "loss_dice": zero.clone()}
+        gt = torch.cat([masks[t] for (_, t), (_, masks, _) in zip(indices, targets)]).float()
+        valid = torch.cat([v.expand(len(t), *v.shape) for (_, t), (_, _, v) in zip(indices, targets)]).float()
+        src = align_to_label(src.float(), tuple(gt.shape[-2:]), None)  # already padded to the right size
+        height, width = gt.shape[-2:]
+        focal = sigmoid_focal_loss(src, gt, self.focal_alpha, self.focal_gamma) * valid
+        loss_focal = focal.sum() / (num_matched * height * width)
+        loss_dice = dice_loss(src, gt, valid, self.dice_eps).sum() / num_matched
+        return {"loss_cls": self.class_weight * loss_cls, "loss_focal": self.focal_weight * loss_focal,
+                "loss_dice": self.dice_weight * loss_dice}
+
+    def __call__(self, outputs: Dict[str, torch.Tensor], targets, ignore_index: int = 255
+                 ) -> Dict[str, torch.Tensor]:
+        class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+        if class_logits.dim() == 3:
+            class_logits, mask_logits = class_logits[None], mask_logits[None]
+        if class_logits.dim() != 4 or mask_logits.dim() != 5:
+            raise ValueError("expected pred_logits [L, B, Q, K+1] and pred_masks [L, B, Q, h, w], got "
+                             f"{tuple(class_logits.shape)} and {tuple(mask_logits.shape)}")
+        if class_logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(f"pred_logits has {class_logits.shape[-1]} classes, expected "
+                             f"{self.num_classes} + 1 (no object)")
+        prepared = self.prepare_targets(targets, tuple(mask_logits.shape[-2:]), ignore_index,
+                                        device=mask_logits.device)
+        if len(prepared) != class_logits.shape[1]:
+            raise ValueError(f"{len(prepared)} targets for a batch of {class_logits.shape[1]}")
+        if self.mask_stride is None:  # predictions go to each target's own size: batch them by size
+            sizes = {tuple(v.shape) for _, _, v in prepared}
+            if len(sizes) != 1:
+                raise ValueError(f"targets of different sizes {sorted(sizes)} need mask_stride")
+        num_layers = class_logits.shape[0]
+        indices = [self.matcher(class_logits[layer], mask_logits[layer], prepared) for layer in range(num_layers)]
+        # number of matched masks per layer, averaged over ranks in one collective
+        local = [float(sum(len(q) for q, _ in layer_indices)) for layer_indices in indices]
+        num_matched = [max(n, 1.0) for n in _mean_over_ranks(local, mask_logits.device)]
+
+        losses: Dict[str, torch.Tensor] = {}
+        for layer in range(num_layers):
+            prefix = "" if layer == num_layers - 1 else f"d{layer}."
+            for key, value in self.layer_losses(class_logits[layer], mask_logits[layer], prepared,
+                                                indices[layer], num_matched[layer]).items():
+                losses[prefix + key] = value
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+class PerPixelCrossEntropy:
+    """SpikeFPN's loss: softmax CE of logits [B, K, h, w] against labels [B, H, W].
+
+    The logits are upsampled bilinearly (align_corners=False) to the label size --
+    with ``logit_stride=2`` (default) via the padded size ``(2h, 2w)`` then
+    cropped, as the model pads its input bottom/right; ``None`` resizes directly.
+    The loss is the mean over non-ignored pixels (mmseg's ``avg_non_ignore=True``),
+    0 (with a graph) when every pixel is ignored. ``class_weight`` is optional.
+    """
+
+    def __init__(self, ignore_index: int = 255, logit_stride: Optional[int] = 2,
+                 class_weight: Optional[Sequence[float]] = None, loss_weight: float = 1.0):
+        self.ignore_index, self.logit_stride, self.loss_weight = ignore_index, logit_stride, loss_weight
+        self.class_weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ignore_index={self.ignore_index}, logit_stride={self.logit_stride})"
+
+    def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 4 or label.dim() != 3:
+            raise ValueError(f"expected logits [B, K, h, w] and label [B, H, W], got {tuple(logits.shape)} "
+                             f"and {tuple(label.shape)}")
+        logits = align_to_label(logits.float(), tuple(label.shape[-2:]), self.logit_stride)
+        label = label.long()
+        if not bool((label != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        weight = None if self.class_weight is None else self.class_weight.to(logits.device)
+        loss = F.cross_entropy(logits, label, weight=weight, ignore_index=self.ignore_index)
+        return self.loss_weight * loss
