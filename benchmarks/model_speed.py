@@ -1,32 +1,37 @@
 """CPU inference of a spikezoo segmentor: latency, peak memory, stage split, MACs and achieved FLOP/s.
 
-One image [1, 3, size, size], eval mode, random weights, ``torch.inference_mode``,
-``--threads`` intra-op threads (2). Every figure is measured in this same run:
+One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
+``torch.inference_mode``, ``--threads`` intra-op threads (2). Settings:
 
-- **optimised**: what ``predict``-style inference should run: BatchNorm folded
-  (``zoo.fuse.fold_batchnorm``), the last query state only (Spike2Former's eval
-  default), attention in the cheaper ``Q (K^T V)`` order (``product_order='auto'``).
-- **naive**: the same weights unfolded, all 7 mask predictions (``all_layers=True``)
-  and ``(Q K^T) V`` in every decoder attention (the released code's order; the
-  backbone attention is ``Q (K^T V)`` in the released code too, so it is unchanged).
-- between them, the optimisations added one at a time, so the gain of each shows.
+- **naive**: BatchNorm not folded, all 7 mask predictions (``all_layers=True``) and
+  ``(Q K^T) V`` in every decoder attention (the released code's order; its backbone
+  attention is ``Q (K^T V)`` already, so that is unchanged).
+- the optimisations added one at a time, so that the gain of each shows, up to
+- **optimised**: what inference should run: last query state only (the eval
+  default), ``Q (K^T V)`` (``product_order='auto'``), BN folded (``zoo.fuse``).
+- **optimised, states dropped**: a proposal, not the model's behaviour: every neuron
+  is reset right after its call (a forward hook), so it does not keep its membrane
+  state ``v`` (one float per neuron output) until the next forward. At inference the
+  state is never read again (the model resets all neurons before every forward and
+  runs all T steps in one call), so outputs are unchanged; the row shows what
+  dropping it would save.
 
-Latency is the median of ``--repeats`` runs after two warm-up runs; the stage split
-(backbone / pixel decoder / transformer decoder + SDME, or backbone / neck / head)
-comes from forward hooks on the model's top-level parts in the same runs. MACs are
-those executed (``zoo.complexity.count_macs`` of the same configuration), and
-GFLOP/s = 2 x MACs / latency, next to the GFLOP/s of a 2048^3 fp32 matmul measured
-here. Peak RSS is the process's high-water mark (``VmHWM``), reset before each
-configuration through ``/proc/self/clear_refs`` so that each row is its own peak;
-it includes the interpreter, torch and the weights (the idle RSS is printed too).
-
-Other processes on the machine distort every timing: the 1-minute load average is
-printed before and after.
+Each setting runs in its own child process, so that its peak RSS (``VmHWM``: the
+interpreter, torch's libraries, the weights and the activations) is its own; the
+RSS before the first forward is printed beside it. Latency is the median of
+``--repeats`` runs after two warm-up runs (and the fastest run, less disturbed by
+other processes); the stage split (backbone / pixel decoder / transformer decoder +
+SDME, or backbone / neck / head) comes from forward hooks in the same runs. MACs
+are those executed (``zoo.complexity.count_macs`` of the same setting);
+GFLOP/s = 2 x MACs / median latency, next to a 2048^3 fp32 matmul's GFLOP/s measured
+in this run. Other processes on the machine distort every timing: the last column is
+the share of the machine's CPU time that they took while the row was measured (from
+/proc/stat, less this benchmark's own children), and the load average is printed.
 
 glibc returns every freed buffer of 32 MiB or more to the kernel, so each forward
-page-faults its large activations afresh; the script re-runs itself with
+page-faults its large activations afresh; the children run with
 MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ raised (buffers are reused, the
-steady state of a serving loop) unless ``--keep-malloc`` is given.
+steady state of a serving loop; it costs some RSS) unless ``--keep-malloc`` is given.
 
     python benchmarks/model_speed.py [--model spike2former_ade20k] [--size 512] [--repeats 5]
                                      [--threads 2] [--profile] [--keep-malloc]
@@ -34,12 +39,14 @@ steady state of a serving loop) unless ``--keep-malloc`` is given.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -64,43 +71,36 @@ class Setting:
     folded: bool
     all_layers: bool
     order: str  # product_order of every decoder attention
+    drop_states: bool = False
 
 
 @dataclass
-class Result:
-    setting: Setting
-    latency: float
-    stages: Dict[str, float]
+class Measurement:
+    latency: float  # median, s
+    fastest: float
+    stages: Dict[str, float]  # median per stage group, s
+    idle_rss: int  # bytes, model built (and folded), before the first forward
     peak_rss: int
-    macs: int
+    others_cpu: float = 0.0  # share of the machine's CPU time that other processes took meanwhile
 
 
-def peak_rss_reset() -> bool:
-    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def settings_for(is_spike2former: bool) -> List[Setting]:
+    if not is_spike2former:
+        return [Setting("naive", False, False, "auto"), Setting("optimised", True, False, "auto"),
+                Setting("optimised, states dropped", True, False, "auto", drop_states=True)]
+    return [Setting("naive", False, True, "qk_first"),
+            Setting("+ Q(K^T V)", False, True, "auto"),
+            Setting("+ last prediction only", False, False, "auto"),
+            Setting("optimised (+ BN folded)", True, False, "auto"),
+            Setting("optimised, states dropped", True, False, "auto", drop_states=True)]
 
 
-def peak_rss() -> int:
-    """Bytes: VmHWM from /proc (getrusage's ru_maxrss, which cannot be reset, elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 def matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
@@ -115,72 +115,95 @@ def matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / statistics.median(samples) / 1e9
 
 
-def stage_groups(model: nn.Module) -> Dict[str, tuple]:
+def build(model_name: str, setting: Setting) -> nn.Module:
+    torch.manual_seed(0)
+    model = zoo.create(model_name).eval()
+    if setting.folded:
+        fold_batchnorm(model)
+    if setting.drop_states:
+        from spikingjelly.activation_based.neuron import BaseNode
+        for module in model.modules():
+            if isinstance(module, BaseNode):
+                module.register_forward_hook(lambda neuron, args, out: neuron.reset())
+    return model
+
+
+def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: int) -> Measurement:
+    """Run in a fresh process: its VmHWM is then this setting's peak."""
     family = "spike2former" if hasattr(model, "sdme") else "spikefpn"
-    return {" + ".join(parts): parts for parts in STAGES[family]}
-
-
-def run_setting(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: int) -> Result:
-    groups = stage_groups(model)
-    spent = {label: 0.0 for label in groups}
+    groups = {" + ".join(parts): parts for parts in STAGES[family]}
+    spent = dict.fromkeys(groups, 0.0)
     starts: Dict[str, float] = {}
-    handles = []
     for label, parts in groups.items():
         for part in parts:
             module = getattr(model, part)
-            handles.append(module.register_forward_pre_hook(
-                lambda m, args, part=part: starts.__setitem__(part, time.perf_counter())))
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, part=part, label=label:
-                spent.__setitem__(label, spent[label] + time.perf_counter() - starts[part])))
+            module.register_forward_pre_hook(lambda m, args, part=part: starts.__setitem__(part, time.perf_counter()))
+            module.register_forward_hook(lambda m, args, out, part=part, label=label: spent.__setitem__(
+                label, spent[label] + time.perf_counter() - starts[part]))
     kwargs = {"all_layers": True} if setting.all_layers else {}
+    idle = _status_bytes("VmRSS")
     samples, splits = [], []
-    peak_rss_reset()
-    with ExitStack() as stack:
-        stack.enter_context(product_order(model, setting.order))
-        stack.enter_context(torch.inference_mode())
+    with product_order(model, setting.order), torch.inference_mode():
         for i in range(2 + repeats):
-            for label in spent:
-                spent[label] = 0.0
+            spent.update(dict.fromkeys(groups, 0.0))
             start = time.perf_counter()
             model(image, **kwargs)
             if i >= 2:
                 samples.append(time.perf_counter() - start)
                 splits.append(dict(spent))
-    for h in handles:
-        h.remove()
-    median = statistics.median(samples)
     stages = {label: statistics.median(s[label] for s in splits) for label in groups}
-    macs = count_macs(model, tuple(image.shape[-2:]), product_order_override=setting.order, **kwargs).total
-    return Result(setting, median, stages, peak_rss(), macs)
+    return Measurement(statistics.median(samples), min(samples), stages, idle, _status_bytes("VmHWM"))
+
+
+def _machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_child(args, setting: Setting) -> Measurement:
+    """Measure one setting in a fresh process; also how much CPU other processes took meanwhile."""
+    env = os.environ if args.keep_malloc else {**os.environ, **_MALLOC_ENV}
+    command = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(setting)), "--model", args.model,
+               "--size", str(args.size), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    machine, ours, start = _machine_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    others = (_machine_cpu_seconds() - machine) - (_children_cpu_seconds() - ours)
+    measurement = Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+    measurement.others_cpu = max(0.0, others) / ((time.perf_counter() - start) * os.cpu_count())
+    return measurement
 
 
 def profile(model: nn.Module, image: torch.Tensor, rows: int = 20) -> str:
-    with torch.inference_mode(), torch.profiler.profile(record_shapes=False) as prof:
-        model(image)
+    with torch.inference_mode():
+        model(image)  # warm-up
+        with torch.profiler.profile() as prof:
+            model(image)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def markdown(results: List[Result], matmul: float) -> str:
+def markdown(settings: List[Setting], results: List[Measurement], macs: List[int], matmul: float) -> str:
     labels = list(results[0].stages)
-    lines = ["| setting | folded BN | predictions | attention | latency s | " + " | ".join(labels)
-             + " | peak RSS GB | GMACs | GFLOP/s | % of matmul | vs naive |",
-             "|---" * (11 + len(labels) - 1) + "|"]
-    naive = next(r for r in results if r.setting.name == "naive")
-    for r in results:
-        s = r.setting
-        gflops = 2 * r.macs / r.latency / 1e9
-        stage_cells = " | ".join(f"{r.stages[label]:.3f}" for label in labels)
-        lines.append(f"| {s.name} | {'yes' if s.folded else 'no'} | {'all' if s.all_layers else 'last'} | "
-                     f"{'(QK^T)V' if s.order == 'qk_first' else 'auto: Q(K^T V)'} | {r.latency:.3f} | "
-                     f"{stage_cells} | {r.peak_rss / 2**30:.2f} | {r.macs / 1e9:.2f} | {gflops:.1f} | "
-                     f"{100 * gflops / matmul:.0f}% | {naive.latency / r.latency:.2f}x |")
+    header = (["setting", "median s", "fastest s"] + [f"{label} s" for label in labels]
+              + ["RSS before GB", "peak RSS GB", "GMACs", "GFLOP/s", "of matmul", "naive / this", "others' CPU"])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    naive = results[0].latency
+    for setting, r, m in zip(settings, results, macs):
+        gflops = 2 * m / r.latency / 1e9
+        cells = ([setting.name, f"{r.latency:.3f}", f"{r.fastest:.3f}"] + [f"{r.stages[x]:.3f}" for x in labels]
+                 + [f"{r.idle_rss / 2**30:.2f}", f"{r.peak_rss / 2**30:.2f}", f"{m / 1e9:.2f}", f"{gflops:.1f}",
+                    f"{100 * gflops / matmul:.0f}%", f"{naive / r.latency:.2f}x", f"{100 * r.others_cpu:.0f}%"])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> List[Result]:
-    if "--keep-malloc" not in sys.argv and any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
+def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spike2former_ade20k")
     parser.add_argument("--size", type=int, default=512)
@@ -188,30 +211,31 @@ def main() -> List[Result]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top ops of the optimised path")
     parser.add_argument("--keep-malloc", action="store_true", help="keep glibc's default malloc settings")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one setting, as JSON: measured in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"{args.model} {args.size}x{args.size} batch 1, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, malloc thresholds {'default' if args.keep_malloc else 'raised'}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    model = zoo.create(args.model).eval()
-    image = torch.randn(1, 3, args.size, args.size)
+    image = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    if args.child:
+        setting = Setting(**json.loads(args.child))
+        print(json.dumps(dataclasses.asdict(measure(build(args.model, setting), setting, image, args.repeats))))
+        return
+
+    load_before = os.getloadavg()[0]
+    with torch.device("meta"):
+        model = zoo.create(args.model)
+    settings = settings_for(hasattr(model, "sdme"))
+    macs = [count_macs(model, (args.size, args.size), product_order_override=s.order,
+                       **({"all_layers": True} if s.all_layers else {})).total for s in settings]
     matmul = matmul_gflops()
-    is_spike2former = hasattr(model, "sdme")
-    settings = [Setting("naive", False, is_spike2former, "qk_first")]
-    if is_spike2former:
-        settings += [Setting("+ Q(K^T V)", False, True, "auto"), Setting("+ last prediction", False, False, "auto")]
-    settings += [Setting("optimised", True, False, "auto")]
-    folded = fold_batchnorm(copy.deepcopy(model))
-    idle = current_rss()
-    results = [run_setting(folded if s.folded else model, s, image, args.repeats) for s in settings]
-    print(f"2048^3 fp32 matmul: {matmul:.1f} GFLOP/s; idle RSS with both models {idle / 2**30:.2f} GB; "
-          f"load average {os.getloadavg()[0]:.2f}\n")
-    print(markdown(results, matmul))
+    results = [run_child(args, s) for s in settings]
+    print(f"{args.model}, {args.size}x{args.size}, batch 1, {args.threads} threads, torch {torch.__version__}, "
+          f"malloc thresholds {'default' if args.keep_malloc else 'raised'}; 2048^3 fp32 matmul "
+          f"{matmul:.1f} GFLOP/s; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
+    print(markdown(settings, results, macs, matmul))
     if args.profile:
-        print("\nTop ops of the optimised path (self CPU time):\n")
-        print(profile(folded, image))
-    return results
+        optimised = next(s for s in settings if s.folded and not s.drop_states)
+        print(f"\nTop ops of '{optimised.name}' (self CPU time, one forward after a warm-up):\n")
+        print(profile(build(args.model, optimised), image))
 
 
 if __name__ == "__main__":

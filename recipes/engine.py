@@ -394,7 +394,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
             if ctx.is_main and (done % int(train_cfg["log_interval"]) == 0 or done == iters):
                 seconds = (time.perf_counter() - tick) / max(1, done - start)
-                details = {k: round(float(v), 5) for k, v in losses.items() if k != "loss"}
+                details = {k: round(float(v.detach()), 5) for k, v in losses.items() if k != "loss"}
                 log_writer.writerow([done, f"{loss.item():.6f}", f"{lr:.6e}", f"{seconds:.3f}", json.dumps(details)])
                 log_file.flush()
                 writer.add_scalar("train/loss", loss.item(), done)

@@ -383,10 +383,12 @@ def train_transforms(crop_size: Union[int, Tuple[int, int]], scales: Sequence[in
     return v2.Compose(steps)
 
 
-def eval_transforms(scale: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
+def eval_transforms(scale: Optional[Tuple[int, int]], mean: Sequence[float], std: Sequence[float],
                     resize_targets: bool = False) -> v2.Compose:
-    """Keep-ratio resize to ``scale = (long, short)`` (e.g. (2048, 512)) then normalise."""
-    return v2.Compose([ResizeKeepRatio(scale, resize_targets), Normalize(mean, std)])
+    """Keep-ratio resize to ``scale = (long, short)`` (e.g. (2048, 512)) then normalise;
+    ``scale=None`` keeps the native size (CamVid's 360x480)."""
+    resize = [ResizeKeepRatio(scale, resize_targets)] if scale is not None else []
+    return v2.Compose([*resize, Normalize(mean, std)])
 
 
 def _scales(base: int) -> List[int]:

@@ -21,11 +21,11 @@ def test_official_time_steps_are_replicas_not_a_recurrence():
     images = torch.randn(2, 3, 64, 64) * 3
     outputs = {}
     for official in (True, False):
-        for T in (1, 3):
+        for T in (1, 2):
             torch.manual_seed(1)
             model = zoo.create("spike2former_ade20k", official=official, T=T, **TINY).eval()
             with torch.no_grad():
                 outputs[official, T] = model(images)["pred_masks"]
-    torch.testing.assert_close(outputs[True, 3], outputs[True, 1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs[True, 2], outputs[True, 1], rtol=1e-5, atol=1e-6)
     # with NI-LIF's recurrence the time steps differ, and so does their average
-    assert not torch.allclose(outputs[False, 3], outputs[False, 1], rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(outputs[False, 2], outputs[False, 1], rtol=1e-3, atol=1e-4)
