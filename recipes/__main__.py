@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=2 -m recipes train camvid          # DDP (gloo on CPU, nccl on GPU)
     python -m recipes eval camvid --weights runs/x/best.pth
     python -m recipes predict --model spike2former_camvid --weights runs/x/best.pth img.png --out pred/
+    python -m recipes plot runs/x                                 # training_curve.png / .svg
 """
 from __future__ import annotations
 
@@ -112,6 +113,43 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    """Loss curve (and validation metric) of a run folder, as PNG and SVG."""
+    import csv
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    run = Path(args.run)
+    log_file = run / "log.csv"
+    if not log_file.is_file():
+        raise SystemExit(f"{run} has no log.csv: is it a run folder written by `python -m recipes train`?")
+    with open(log_file) as handle:
+        rows = list(csv.DictReader(handle))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], label="training loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (all query states)")
+    val_file = run / "val.csv"
+    if val_file.is_file():
+        with open(val_file) as handle:
+            val = list(csv.DictReader(handle))
+        key = "PQ" if "PQ" in val[0] else "mIoU"
+        twin = ax.twinx()
+        twin.plot([int(r["iteration"]) for r in val], [float(r[key]) for r in val], "o-", color="C1",
+                  label=f"val {key}")
+        twin.set_ylabel(f"val {key} (%)")
+        twin.legend(loc="upper right")
+    ax.legend(loc="upper center")
+    ax.set_title(run.name)
+    fig.tight_layout()
+    out = Path(args.out) if args.out else run
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in ("png", "svg"):
+        fig.savefig(out / f"training_curve.{suffix}", dpi=120)
+    print(f"wrote {out}/training_curve.png and .svg")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--out", required=True, help="output folder")
     pr.set_defaults(func=cmd_predict)
+    plot = sub.add_parser("plot", help="plot a run's loss curve and validation metric")
+    plot.add_argument("run", help="a run folder (holds log.csv, val.csv)")
+    plot.add_argument("--out", help="output folder (default: the run folder)")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 

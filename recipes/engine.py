@@ -405,6 +405,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
                 if ctx.is_main:
                     writer.add_scalar(f"val/{key}", metrics[key], done)
                     log.info("iteration %d: %s %.2f", done, key, metrics[key])
+                    _append_val_row(out_dir / "val.csv", done, metrics)
                     if best["metric"] is None or metrics[key] > best["metric"]:
                         best = {"metric": metrics[key], "key": key, "iteration": done}
                         save_checkpoint(out_dir / "best.pth", model, optimizer, scheduler, done, best, recipe)
@@ -422,6 +423,16 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
         (out_dir / "metrics.json").write_text(json.dumps({"final": metrics, "best": best}, indent=2,
                                                          default=_json_default))
     return {"final": metrics, "best": best}
+
+
+def _append_val_row(path: Path, iteration: int, metrics: Dict[str, Any]) -> None:
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["iteration", *scalars])
+        writer.writerow([iteration, *(f"{v:.4f}" for v in scalars.values())])
 
 
 def _json_default(value):

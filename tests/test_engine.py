@@ -106,9 +106,18 @@ def test_resume_continues_exactly(camvid_fixture, tmp_path, monkeypatch):
 
 def test_nothing_to_train_is_an_error(camvid_fixture, tmp_path):
     recipe = tiny_recipe(camvid_fixture, iters=2)
-    engine.train(recipe, tmp_path / "run", progress=False)
+    result = engine.train(recipe, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="nothing to train"):
         engine.train(recipe, tmp_path / "run", resume="auto", progress=False)
+    # the final evaluation is logged, and the run can be plotted
+    val = (tmp_path / "run" / "val.csv").read_text().splitlines()
+    assert val[0].startswith("iteration,") and val[1].split(",")[0] == "2"
+    assert float(val[1].split(",")[val[0].split(",").index("mIoU")]) == pytest.approx(result["final"]["mIoU"],
+                                                                                       abs=1e-4)
+    from recipes.__main__ import main
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    png = (tmp_path / "run" / "training_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 def _cli(args, env_extra=None, cwd=REPO, timeout=300):
