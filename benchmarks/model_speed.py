@@ -9,12 +9,18 @@ One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
 - the optimisations added one at a time, so that the gain of each shows, up to
 - **optimised**: what inference should run: last query state only (the eval
   default), ``Q (K^T V)`` (``product_order='auto'``), BN folded (``zoo.fuse``).
-- **optimised, states dropped**: a proposal, not the model's behaviour: every neuron
-  is reset right after its call (a forward hook), so it does not keep its membrane
-  state ``v`` (one float per neuron output) until the next forward. At inference the
-  state is never read again (the model resets all neurons before every forward and
-  runs all T steps in one call), so outputs are unchanged; the row shows what
-  dropping it would save.
+- **optimised, stateless neurons**: a proposal, not the model's behaviour. At T = 1
+  an NI-LIF neuron's membrane state ``v`` is never read again (the model resets all
+  neurons before every forward), yet every neuron computes it (two more passes over
+  its input) and keeps it until the next forward (one float per neuron output, ~0.75 GB
+  for spike2former_ade20k at 512x512). The row replaces each neuron's forward by
+  ``clamp(x, 0, D).round_().div_(norm)`` on one buffer (steps T > 1 keep the real
+  neuron), to show what an inference path in ``neurons`` would save.
+
+The last column is the largest deviation of the outputs (Spike2Former: class and mask
+logits of the last prediction) from the naive setting's, relative to their largest
+magnitude: folding and product order only change rounding, so it should be ~1e-6 or
+0 (spikes absorb most of the differences).
 
 Each setting runs in its own child process, so that its peak RSS (``VmHWM``: the
 interpreter, torch's libraries, the weights and the activations) is its own; the
@@ -46,6 +52,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +64,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
+from neurons import NILIFNode  # noqa: E402
 from zoo.complexity import count_macs, product_order  # noqa: E402
 from zoo.fuse import fold_batchnorm  # noqa: E402
 
@@ -71,7 +79,7 @@ class Setting:
     folded: bool
     all_layers: bool
     order: str  # product_order of every decoder attention
-    drop_states: bool = False
+    stateless_neurons: bool = False
 
 
 @dataclass
@@ -82,17 +90,18 @@ class Measurement:
     idle_rss: int  # bytes, model built (and folded), before the first forward
     peak_rss: int
     others_cpu: float = 0.0  # share of the machine's CPU time that other processes took meanwhile
+    deviation: float = 0.0  # of the last prediction's masks from the naive setting's, relative
 
 
 def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
         return [Setting("naive", False, False, "auto"), Setting("optimised", True, False, "auto"),
-                Setting("optimised, states dropped", True, False, "auto", drop_states=True)]
+                Setting("optimised, stateless neurons", True, False, "auto", stateless_neurons=True)]
     return [Setting("naive", False, True, "qk_first"),
             Setting("+ Q(K^T V)", False, True, "auto"),
             Setting("+ last prediction only", False, False, "auto"),
             Setting("optimised (+ BN folded)", True, False, "auto"),
-            Setting("optimised, states dropped", True, False, "auto", drop_states=True)]
+            Setting("optimised, stateless neurons", True, False, "auto", stateless_neurons=True)]
 
 
 def _status_bytes(field: str) -> int:
@@ -104,6 +113,7 @@ def _status_bytes(field: str) -> int:
 
 
 def matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
+    """The best of ``repeats``: what the machine can do, less what other processes took."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
         a @ b
@@ -112,7 +122,7 @@ def matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
         start = time.perf_counter()
         a @ b
         samples.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(samples) / 1e9
+    return 2 * n ** 3 / min(samples) / 1e9
 
 
 def build(model_name: str, setting: Setting) -> nn.Module:
@@ -120,16 +130,28 @@ def build(model_name: str, setting: Setting) -> nn.Module:
     model = zoo.create(model_name).eval()
     if setting.folded:
         fold_batchnorm(model)
-    if setting.drop_states:
-        from spikingjelly.activation_based.neuron import BaseNode
+    if setting.stateless_neurons:
         for module in model.modules():
-            if isinstance(module, BaseNode):
-                module.register_forward_hook(lambda neuron, args, out: neuron.reset())
+            if isinstance(module, NILIFNode):
+                module.forward = _stateless_forward(module)
     return model
 
 
-def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: int) -> Measurement:
-    """Run in a fresh process: its VmHWM is then this setting's peak."""
+def _stateless_forward(neuron: NILIFNode):
+    """The neuron's T = 1 output without computing or keeping its state (the proposal row)."""
+    stateful = neuron.forward
+
+    def forward(x_seq: torch.Tensor) -> torch.Tensor:
+        if neuron.step_mode != "m" or x_seq.shape[0] != 1:
+            return stateful(x_seq)
+        dyn = neuron.dynamics
+        y = x_seq if dyn.v_threshold == 1.0 else x_seq / dyn.v_threshold
+        return torch.clamp(y, 0.0, float(dyn.D)).round_().div_(dyn.norm)
+    return forward
+
+
+def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: int, save_to: str) -> Measurement:
+    """Run in a fresh process (its VmHWM is then this setting's peak); the last prediction goes to ``save_to``."""
     family = "spike2former" if hasattr(model, "sdme") else "spikefpn"
     groups = {" + ".join(parts): parts for parts in STAGES[family]}
     spent = dict.fromkeys(groups, 0.0)
@@ -147,11 +169,13 @@ def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: in
         for i in range(2 + repeats):
             spent.update(dict.fromkeys(groups, 0.0))
             start = time.perf_counter()
-            model(image, **kwargs)
+            out = model(image, **kwargs)
             if i >= 2:
                 samples.append(time.perf_counter() - start)
                 splits.append(dict(spent))
     stages = {label: statistics.median(s[label] for s in splits) for label in groups}
+    outputs = [out["pred_logits"][-1], out["pred_masks"][-1]] if isinstance(out, dict) else [out]
+    torch.save(torch.cat([o.flatten() for o in outputs]), save_to)
     return Measurement(statistics.median(samples), min(samples), stages, idle, _status_bytes("VmHWM"))
 
 
@@ -167,11 +191,12 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_child(args, setting: Setting) -> Measurement:
+def run_child(args, setting: Setting, save_to: str) -> Measurement:
     """Measure one setting in a fresh process; also how much CPU other processes took meanwhile."""
     env = os.environ if args.keep_malloc else {**os.environ, **_MALLOC_ENV}
     command = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(setting)), "--model", args.model,
-               "--size", str(args.size), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+               "--size", str(args.size), "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--save-to", save_to]
     machine, ours, start = _machine_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     others = (_machine_cpu_seconds() - machine) - (_children_cpu_seconds() - ours)
@@ -191,14 +216,16 @@ def profile(model: nn.Module, image: torch.Tensor, rows: int = 20) -> str:
 def markdown(settings: List[Setting], results: List[Measurement], macs: List[int], matmul: float) -> str:
     labels = list(results[0].stages)
     header = (["setting", "median s", "fastest s"] + [f"{label} s" for label in labels]
-              + ["RSS before GB", "peak RSS GB", "GMACs", "GFLOP/s", "of matmul", "naive / this", "others' CPU"])
+              + ["RSS before GB", "peak RSS GB", "GMACs", "GFLOP/s", "of matmul", "naive / this", "others' CPU",
+                 "deviation"])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     naive = results[0].latency
     for setting, r, m in zip(settings, results, macs):
         gflops = 2 * m / r.latency / 1e9
         cells = ([setting.name, f"{r.latency:.3f}", f"{r.fastest:.3f}"] + [f"{r.stages[x]:.3f}" for x in labels]
                  + [f"{r.idle_rss / 2**30:.2f}", f"{r.peak_rss / 2**30:.2f}", f"{m / 1e9:.2f}", f"{gflops:.1f}",
-                    f"{100 * gflops / matmul:.0f}%", f"{naive / r.latency:.2f}x", f"{100 * r.others_cpu:.0f}%"])
+                    f"{100 * gflops / matmul:.0f}%", f"{naive / r.latency:.2f}x", f"{100 * r.others_cpu:.0f}%",
+                    f"{r.deviation:.1e}"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,12 +239,14 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print the top ops of the optimised path")
     parser.add_argument("--keep-malloc", action="store_true", help="keep glibc's default malloc settings")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one setting, as JSON: measured in this process
+    parser.add_argument("--save-to", help=argparse.SUPPRESS)  # where the child saves its last prediction
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     image = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     if args.child:
         setting = Setting(**json.loads(args.child))
-        print(json.dumps(dataclasses.asdict(measure(build(args.model, setting), setting, image, args.repeats))))
+        measurement = measure(build(args.model, setting), setting, image, args.repeats, args.save_to)
+        print(json.dumps(dataclasses.asdict(measurement)))
         return
 
     load_before = os.getloadavg()[0]
@@ -227,13 +256,18 @@ def main():
     macs = [count_macs(model, (args.size, args.size), product_order_override=s.order,
                        **({"all_layers": True} if s.all_layers else {})).total for s in settings]
     matmul = matmul_gflops()
-    results = [run_child(args, s) for s in settings]
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, f"{i}.pt") for i in range(len(settings))]
+        results = [run_child(args, s, path) for s, path in zip(settings, paths)]
+        reference = torch.load(paths[0])
+        for r, path in zip(results, paths):
+            r.deviation = float((torch.load(path) - reference).abs().max() / reference.abs().max())
     print(f"{args.model}, {args.size}x{args.size}, batch 1, {args.threads} threads, torch {torch.__version__}, "
-          f"malloc thresholds {'default' if args.keep_malloc else 'raised'}; 2048^3 fp32 matmul "
+          f"malloc thresholds {'default' if args.keep_malloc else 'raised'}; 2048^3 fp32 matmul (best of 5) "
           f"{matmul:.1f} GFLOP/s; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print(markdown(settings, results, macs, matmul))
     if args.profile:
-        optimised = next(s for s in settings if s.folded and not s.drop_states)
+        optimised = next(s for s in settings if s.folded and not s.stateless_neurons)
         print(f"\nTop ops of '{optimised.name}' (self CPU time, one forward after a warm-up):\n")
         print(profile(build(args.model, optimised), image))
 

@@ -99,6 +99,11 @@ def test_repconv_bn_and_pad_folds_into_pointwise_and_depthwise():
 
 
 def test_training_mode_batchnorm_is_not_folded():
-    model = tiny("spikefpn_ade20k").train()
+    model = tiny("spikefpn_ade20k").eval()
+    model.head.train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(RuntimeError, match="model.eval"):
         fold_batchnorm(model)
+    # nothing was folded before the error: the model is as it was
+    assert len(remaining_batchnorms(model)) == 64
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

@@ -97,7 +97,7 @@ def test_recorded_parameter_counts(name):
 @pytest.mark.parametrize("name", TAGGED)
 def test_recorded_macs(name):
     """cfg.macs: GMACs per time step of one inference at the crop size (zoo.complexity's convention),
-    counted on the meta device so that the 34M models at 1024x1024 cost about a second."""
+    counted on the meta device so that the 34M models at 1024x1024 cost 1-3 s each."""
     cfg = get_pretrained_cfg(name)
     if cfg.macs is None:
         pytest.fail(f"{name} records no MAC count")

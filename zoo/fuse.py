@@ -6,7 +6,9 @@ r"""Fold eval-mode BatchNorm into the Conv/Linear layer that feeds it, for infer
 An eval-mode BN is the affine map ``y = s * x + t`` per channel
 (``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``). When it directly
 follows a Conv/Linear ``x = W u + b``, ``y = (s W) u + (s b + t)``: one layer
-with scaled weights and a new bias (:func:`neurons.spike_driven.fold_batchnorm`).
+with scaled weights and a new bias. The weights are scaled in place (unlike
+:func:`neurons.spike_driven.fold_batchnorm`, which returns a copy of the layer),
+so folding a model allocates no second copy of its weights.
 The pairs are read from the modules' structure (:data:`FOLD_PAIRS`), not
 guessed: only a BN that the module's ``forward`` applies to the layer's output
 with nothing in between is folded.
@@ -19,8 +21,8 @@ fold is exact as ``pw_in`` with weight ``s W`` and no bias, then ``dw`` with zer
 padding and bias ``t * sum(kernel)``. ``RepConvBN`` then has two BNs in series
 after ``pw_out``; both fold into it (inner first).
 
-What does not fold stays: BN in training mode raises (fold after ``model.eval()``),
-and a BN that no pair names is left as it is (``remaining_batchnorms`` lists them;
+What does not fold stays: BN in training mode raises before anything changes (fold
+after ``model.eval()``), and a BN that no pair names is left as it is (``remaining_batchnorms`` lists them;
 our models have none).
 """
 from __future__ import annotations
@@ -29,8 +31,6 @@ from typing import Dict, List, Tuple, Type
 
 import torch
 import torch.nn as nn
-
-from neurons.spike_driven import fold_batchnorm as fold_into_layer
 
 from .backbones.meta_spikeformer import BNAndPad, RepConv, RepConvBN, SepConv, SpikeConvBN
 from .spike2former.pixel_decoder import ChannelMLP, MultiLevelConvBN
@@ -67,29 +67,40 @@ def _set(module: nn.Module, path: str, value: nn.Module) -> None:
     setattr(_get(module, parent) if parent else module, attr, value)
 
 
-def _check_eval(bn: _BatchNorm, where: str) -> None:
-    if bn.training:
-        raise RuntimeError(f"{where} is in training mode; BatchNorm folds only with running statistics "
-                           "(call model.eval() first)")
+@torch.no_grad()
+def _fold_into_layer(layer: nn.Module, bn: _BatchNorm, where: str) -> None:
+    """``layer`` (Conv/Linear, output channels first in its weight) absorbs the eval-mode ``bn`` in place."""
+    if bn.running_var is None:
+        raise ValueError(f"{where} keeps no running statistics and cannot be folded")
+    if bn.num_features != layer.weight.shape[0]:
+        raise ValueError(f"{where} has {bn.num_features} features, the layer has {layer.weight.shape[0]} outputs")
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+    bias = shift if layer.bias is None else layer.bias * scale + shift
+    layer.bias = nn.Parameter(bias.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
 
 
+@torch.no_grad()
 def _fold_bn_and_pad(repconv: RepConv, where: str) -> None:
     """``pw_in -> BNAndPad -> dw (no padding)`` -> ``pw_in (scaled, no bias) -> dw (zero padding, bias)``."""
     bn = repconv.bn_pad
-    _check_eval(bn, f"{where}.bn_pad")
     dw = repconv.dw
     if dw.padding != (0, 0) or dw.padding_mode != "zeros":
         raise ValueError(f"{where}.dw must be unpadded for its BNAndPad to fold")
-    folded = fold_into_layer(repconv.pw_in, bn)
-    with torch.no_grad():
-        pad_value = folded.bias  # the folded pw_in's output for a zero input = BNAndPad's pad value
-        dw_bias = pad_value * dw.weight.sum(dim=(1, 2, 3))
-        if dw.bias is not None:
-            dw_bias = dw_bias + dw.bias
-        dw.bias = nn.Parameter(dw_bias)
-    folded.bias = None
+    pw_in = repconv.pw_in
+    _fold_into_layer(pw_in, bn, f"{where}.bn_pad")
+    pad_value = pw_in.bias  # the folded pw_in's output for a zero input = BNAndPad's pad value
+    dw_bias = pad_value * dw.weight.sum(dim=(1, 2, 3))
+    if dw.bias is not None:
+        dw_bias = dw_bias + dw.bias
+    dw.bias = nn.Parameter(dw_bias, requires_grad=dw.weight.requires_grad)
+    pw_in.bias = None
     dw.padding = (bn.pad, bn.pad)
-    repconv.pw_in = folded
     repconv.bn_pad = nn.Identity()
 
 
@@ -98,9 +109,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     Folded BNs become ``nn.Identity``, so state_dict keys change: save the
     unfolded model. Modules are visited children first, so a BN that follows
-    another BN (``RepConvBN``) folds after the inner one.
+    another BN (``RepConvBN``) folds after the inner one. A BatchNorm in training mode
+    raises ``RuntimeError`` before anything is changed.
     """
     named = list(model.named_modules())
+    training = [name for name, m in named if isinstance(m, _BatchNorm) and m.training]
+    if training:
+        raise RuntimeError(f"{len(training)} BatchNorm modules are in training mode (e.g. {training[0]}); "
+                           "BatchNorm folds only with running statistics: call model.eval() first")
     for name, module in reversed(named):
         where = name or type(model).__name__
         if isinstance(module, RepConv) and isinstance(module.bn_pad, BNAndPad):
@@ -109,8 +125,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             bn = _get(module, bn_path)
             if not isinstance(bn, _BatchNorm):  # already folded, or built without BN / without that layer
                 continue
-            _check_eval(bn, f"{where}.{bn_path}")
-            _set(module, layer_path, fold_into_layer(_get(module, layer_path), bn))
+            _fold_into_layer(_get(module, layer_path), bn, f"{where}.{bn_path}")
             _set(module, bn_path, nn.Identity())
     return model
 
