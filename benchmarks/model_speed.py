@@ -7,15 +7,11 @@ One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
   ``(Q K^T) V`` in every decoder attention (the released code's order; its backbone
   attention is ``Q (K^T V)`` already, so that is unchanged).
 - the optimisations added one at a time, so that the gain of each shows, up to
-- **optimised**: what inference should run: last query state only (the eval
-  default), ``Q (K^T V)`` (``product_order='auto'``), BN folded (``zoo.fuse``).
-- **optimised, stateless neurons**: a proposal, not the model's behaviour. At T = 1
-  an NI-LIF neuron's membrane state ``v`` is never read again (the model resets all
-  neurons before every forward), yet every neuron computes it (two more passes over
-  its input) and keeps it until the next forward (one float per neuron output, ~0.75 GB
-  for spike2former_ade20k at 512x512). The row replaces each neuron's forward by
-  ``clamp(x, 0, D).round_().div_(norm)`` on one buffer (steps T > 1 keep the real
-  neuron), to show what an inference path in ``neurons`` would save.
+- **optimised**: what inference runs: last query state only (the eval default),
+  ``Q (K^T V)`` (``product_order='auto'``), BN folded (``zoo.fuse``), neuron states dropped.
+- the final row drops the neurons' final membrane states (the models' default,
+  ``keep_neuron_states = False``: every forward resets the neurons, so at T = 1 the
+  state is never read; the earlier rows keep it, as the released code does).
 
 The last column is the largest deviation of the outputs (Spike2Former: class and mask
 logits of the last prediction) from the naive setting's, relative to their largest
@@ -64,7 +60,6 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
-from neurons import NILIFNode  # noqa: E402
 from zoo.complexity import count_macs, product_order  # noqa: E402
 from zoo.fuse import fold_batchnorm  # noqa: E402
 
@@ -79,7 +74,7 @@ class Setting:
     folded: bool
     all_layers: bool
     order: str  # product_order of every decoder attention
-    stateless_neurons: bool = False
+    keep_states: bool = True  # neurons keep their final membrane state (the released code's behaviour)
 
 
 @dataclass
@@ -95,13 +90,13 @@ class Measurement:
 
 def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
-        return [Setting("naive", False, False, "auto"), Setting("optimised", True, False, "auto"),
-                Setting("optimised, stateless neurons", True, False, "auto", stateless_neurons=True)]
+        return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"),
+                Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
     return [Setting("naive", False, True, "qk_first"),
             Setting("+ Q(K^T V)", False, True, "auto"),
             Setting("+ last prediction only", False, False, "auto"),
-            Setting("optimised (+ BN folded)", True, False, "auto"),
-            Setting("optimised, stateless neurons", True, False, "auto", stateless_neurons=True)]
+            Setting("+ BN folded", True, False, "auto"),
+            Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
 
 
 def _status_bytes(field: str) -> int:
@@ -130,24 +125,8 @@ def build(model_name: str, setting: Setting) -> nn.Module:
     model = zoo.create(model_name).eval()
     if setting.folded:
         fold_batchnorm(model)
-    if setting.stateless_neurons:
-        for module in model.modules():
-            if isinstance(module, NILIFNode):
-                module.forward = _stateless_forward(module)
+    model.keep_neuron_states = setting.keep_states
     return model
-
-
-def _stateless_forward(neuron: NILIFNode):
-    """The neuron's T = 1 output without computing or keeping its state (the proposal row)."""
-    stateful = neuron.forward
-
-    def forward(x_seq: torch.Tensor) -> torch.Tensor:
-        if neuron.step_mode != "m" or x_seq.shape[0] != 1:
-            return stateful(x_seq)
-        dyn = neuron.dynamics
-        y = x_seq if dyn.v_threshold == 1.0 else x_seq / dyn.v_threshold
-        return torch.clamp(y, 0.0, float(dyn.D)).round_().div_(dyn.norm)
-    return forward
 
 
 def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: int, save_to: str) -> Measurement:
@@ -267,7 +246,7 @@ def main():
           f"{matmul:.1f} GFLOP/s; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print(markdown(settings, results, macs, matmul))
     if args.profile:
-        optimised = next(s for s in settings if s.folded and not s.stateless_neurons)
+        optimised = settings[-1]
         print(f"\nTop ops of '{optimised.name}' (self CPU time, one forward after a warm-up):\n")
         print(profile(build(args.model, optimised), image))
 

@@ -73,11 +73,11 @@ def make_dynamics(D=4, beta=0.25, v_threshold=1.0, norm=None, grad_window=None,
 
 
 def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics,
-                   save_mask: bool, store_v_seq: bool):
+                   save_mask: bool, store_v_seq: bool, keep_final_state: bool = True):
     """Eq. 16-18 over T steps, reusing float32 work buffers.
 
-    Returns (s_seq, v_last, v_seq or None, window mask [T, ...] int8 or None).
-    Only the 1-byte mask is kept for backward. The mask is compared into a
+    Returns (s_seq, v_last, v_seq or None, window mask [T, ...] int8 or None); v_last is
+    None when ``keep_final_state`` is off. Only the 1-byte mask is kept for backward. The mask is compared into a
     float buffer and copied to int8: on CPU both are vectorised, while
     comparisons into bool/int8 and bool->float casts are several times slower.
     """
@@ -111,6 +111,8 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics
             mask[t].copy_(flag)
         count.round_()
         torch.div(count, dyn.norm, out=s_seq[t])
+        if t == T - 1 and not (keep_final_state or store_v_seq):
+            return s_seq, None, None, mask  # nobody reads H[T-1]: skip the reset and leak
         if not unit_threshold:
             count.mul_(dyn.v_threshold)
         h = torch.sub(u, count, out=work if v_seq is None else v_seq[t])
@@ -202,11 +204,13 @@ class _NILIFTorch(torch.autograd.Function):
 
 
 def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics,
-                    store_v_seq: bool = False, backend: str = "torch"
-                    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+                    store_v_seq: bool = False, backend: str = "torch", keep_final_state: bool = True
+                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Run eq. 16-18 over ``x_seq`` [T, ...] from state ``v`` (float32 or None for 0).
 
     Returns ``(s_seq, v_last, v_seq)``; ``v_seq`` is None unless ``store_v_seq``.
+    Without gradients and with ``keep_final_state=False`` the torch backend skips
+    the last step's reset and leak and returns ``v_last = None``.
     """
     if backend == "cupy":
         from . import cupy_backend
@@ -216,7 +220,10 @@ def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamic
     if needs_grad:
         return _NILIFTorch.apply(x_seq, v, dyn, store_v_seq)
     forward = _forward_functional if torch.compiler.is_compiling() else _forward_eager
-    s_seq, v_last, v_seq, _ = forward(x_seq, v, dyn, False, store_v_seq)
+    if forward is _forward_eager:
+        s_seq, v_last, v_seq, _ = _forward_eager(x_seq, v, dyn, False, store_v_seq, keep_final_state)
+    else:
+        s_seq, v_last, v_seq, _ = forward(x_seq, v, dyn, False, store_v_seq)
     return s_seq, v_last, v_seq
 
 
@@ -248,6 +255,10 @@ class NILIFNode(neuron.BaseNode):
     :param store_v_seq: keep :math:`H[t]` for every step in ``self.v_seq``.
     :param norm: divisor of the count (None: D). ``norm=1`` gives I-LIF's integer
         output; a constant other than D gives the paper's "norm with const" ablation.
+    :param keep_state: keep :math:`H` after a call. ``False`` suits models that reset
+        their neurons before every forward: in inference (no gradients, torch backend)
+        the last step's reset and leak are skipped and ``v`` stays at rest (0.0), which
+        saves two passes over memory and the state's memory.
 
     ``self.v`` holds :math:`H[t]` in float32. A state whose shape does not match
     the next input (a new batch size) is dropped and the neuron starts from 0,
@@ -257,7 +268,7 @@ class NILIFNode(neuron.BaseNode):
     def __init__(self, D: int = 4, beta: float = 0.25, v_threshold: float = 1.0,
                  detach_reset: bool = True, grad_window: Optional[Tuple[float, float]] = None,
                  step_mode: str = "s", backend: str = "torch", store_v_seq: bool = False,
-                 norm: Optional[float] = None):
+                 norm: Optional[float] = None, keep_state: bool = True):
         dyn = make_dynamics(D, beta, v_threshold, norm, grad_window, detach_reset)
         super().__init__(
             v_threshold=dyn.v_threshold,
@@ -269,6 +280,7 @@ class NILIFNode(neuron.BaseNode):
         )
         self.D, self.beta, self.norm, self.grad_window = D, dyn.beta, norm, grad_window
         self.backend = backend
+        self.keep_state = keep_state
 
     @property
     def dynamics(self) -> Dynamics:
@@ -308,7 +320,9 @@ class NILIFNode(neuron.BaseNode):
         return (v, *states[1:])
 
     def _run(self, x_seq, v, store_v_seq):
-        return nilif_multistep(x_seq, v, self.dynamics, store_v_seq, self.backend)
+        s_seq, v_last, v_seq = nilif_multistep(x_seq, v, self.dynamics, store_v_seq, self.backend,
+                                               self.keep_state)
+        return s_seq, (0.0 if v_last is None else v_last), v_seq
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         s_seq, v_last, _ = self._run(inputs[0].unsqueeze(0), states[0], False)

@@ -160,3 +160,18 @@ def test_imagenet_backbone_checkpoint_initialises_the_backbone(tmp_path):
     assert torch.equal(model.state_dict()["sdme.shortcut_weight"], reference.state_dict()["sdme.shortcut_weight"])
     conv = model.state_dict()["backbone." + next(iter(model.backbone.state_dict()))]
     assert torch.equal(conv, classification["downsample1_1.encode_conv.weight"])
+
+
+@pytest.mark.parametrize("name", ["spike2former_ade20k", "spikefpn_ade20k"])
+def test_inference_drops_neuron_states_without_changing_outputs(name):
+    from neurons import NILIFNode
+    model = tiny(name).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        dropped = model(images)
+        assert all(n.v == 0.0 for n in model.modules() if isinstance(n, NILIFNode))
+        model.keep_neuron_states = True
+        kept = model(images)
+    assert any(isinstance(n.v, torch.Tensor) for n in model.modules() if isinstance(n, NILIFNode))
+    a, b = (dropped["pred_masks"], kept["pred_masks"]) if isinstance(kept, dict) else (dropped, kept)
+    assert torch.equal(a, b)

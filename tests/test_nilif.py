@@ -246,3 +246,16 @@ def test_attributes_changed_after_construction_take_effect_and_are_checked():
     node.beta = 1.5
     with pytest.raises(ValueError, match="beta"):
         node(x)
+
+
+def test_dropping_the_final_state_changes_no_output():
+    x = make_input(3, seed=8)
+    kept = NILIFNode(step_mode="m")
+    dropped = NILIFNode(step_mode="m", keep_state=False)
+    with torch.no_grad():
+        assert torch.equal(dropped(x), kept(x))
+    assert dropped.v == 0.0 and isinstance(kept.v, torch.Tensor)
+    # with gradients the state is computed anyway (the autograd function returns it)
+    xg = x.clone().requires_grad_(True)
+    dropped.reset()
+    assert torch.equal(dropped(xg), kept.reset() or kept(x))

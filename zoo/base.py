@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
+from neurons import NILIFNode
+
 from . import hub
 
 __all__ = ["SegmentationModel"]
@@ -28,6 +30,9 @@ class SegmentationModel(nn.Module):
     """
 
     size_divisor = 32
+    # Neurons are reset before every forward, so their final membrane states are never read;
+    # set True to inspect ``v`` after a forward (costs memory and two passes per neuron).
+    keep_neuron_states = False
 
     def __init__(self, T: int = 1, official: bool = False):
         super().__init__()
@@ -52,6 +57,9 @@ class SegmentationModel(nn.Module):
         """
         self.check_images(images)
         functional.reset_net(self)
+        for node in self.modules():
+            if isinstance(node, NILIFNode):
+                node.keep_state = self.keep_neuron_states
         height, width = images.shape[-2:]
         pad_h = -height % self.size_divisor
         pad_w = -width % self.size_divisor
