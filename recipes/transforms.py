@@ -11,7 +11,7 @@ whose mask a crop removed. Randomness comes from torch's global RNG (seeded per
 DataLoader worker by PyTorch).
 
 Official pipelines (mmsegmentation, Spike2Former configs; see
-``/work/shared/reference/official-spike2former.md`` §9-10):
+``../shared/reference/official-spike2former.md`` §9-10):
 
 * train: ``RandomResize`` (short side drawn from ``scales``, long side capped at
   ``max_long_side``) -> ``RandomCrop`` (``cat_max_ratio`` 0.75, 10 tries) ->

@@ -11,8 +11,9 @@ from zoo.backbones import MetaSpikeFormer, convert_official_backbone
 from zoo.backbones.meta_spikeformer import BNAndPad, ConvBlock, SpikeDrivenSelfAttention, TransformerBlock
 from zoo.layers import neuron_factory
 from zoo.registry import get_builder, get_pretrained_cfg
+import conftest
 
-TSV = "/work/shared/reference/official_keys/SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
+TSV = str(conftest.OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv")
 TINY = (8, 16, 32, 40)
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from recipes import datasets as D
+import conftest
 
 RNG = np.random.default_rng(0)
 H, W = 6, 8
@@ -354,7 +355,7 @@ def test_build_dataset_and_collate(camvid_root):
 
 
 # ----------------------------------------------------------------------------- real CamVid
-CAMVID = "/work/shared/data/camvid"
+CAMVID = str(conftest.CAMVID)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CAMVID, "train.txt")), reason="real CamVid not present")

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+import conftest
 from recipes import config as cfg_lib
 from recipes import engine
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
+CAMVID = conftest.CAMVID
 TINY_MODEL = dict(embed_dims=[8, 16, 32, 40], backbone_heads=2, backbone_depths=[1, 1], feat_channels=16,
                   encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2, decoder_layers=2, decoder_heads=2,
                   decoder_ffn_channels=32, num_queries=5)

@@ -1,14 +1,14 @@
 """Every registered segmentation model: builds, runs, trains, saves, loads official checkpoints."""
-from pathlib import Path
 
 import pytest
 import torch
 
+import conftest
 import zoo
 from zoo.complexity import count_macs
 from zoo.registry import get_pretrained_cfg
 
-OFFICIAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_keys"
+OFFICIAL_KEYS = conftest.OFFICIAL_KEYS
 
 SEGMENTORS = [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
 TAGGED = sorted({cfg for n in SEGMENTORS for cfg in [f"{n}.{t}" for t in zoo.registry._REGISTRY[n].cfgs]})

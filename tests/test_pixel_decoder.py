@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 import zoo.spike2former.pixel_decoder as pd
+import conftest
 from neurons import NILIFNode
 from zoo.layers.common import neuron_factory
 from zoo.spike2former.pixel_decoder import (
     ESC, SDDA, ChannelMLP, SpikePixelDecoder, convert_official_pixel_decoder, deformable_sample,
     tokens_last)
 
-KEYS_DIR = Path("/work/shared/reference/official_keys")
+KEYS_DIR = conftest.OFFICIAL_KEYS
 ADE_TSV = KEYS_DIR / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
 CITYSCAPES_TSV = KEYS_DIR / "SDTv2_maskformer_DCNPixelDecoder_CityScapes.tsv"
 PREFIX = "decode_head.pixel_decoder."

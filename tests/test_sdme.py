@@ -8,8 +8,9 @@ from spikingjelly.activation_based import functional
 
 from zoo.layers import neuron_factory
 from zoo.spike2former.sdme import SDME, convert_official_sdme
+import conftest
 
-OFFICIAL_KEYS = Path("/work/shared/reference/official_keys/SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv")
+OFFICIAL_KEYS = conftest.OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
 D, BETA, ALPHA = 4, 0.25, 4.0  # the default 'nilif' neuron and the head's re-scaling
 L, B, Q, C, K, H, W = 3, 2, 5, 16, 7, 6, 4
 ABLATIONS = [dict(), dict(shortcut_conv=False), dict(me_shortcut=False)]

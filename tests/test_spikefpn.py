@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from zoo.spikefpn import SpikeFPN, convert_official_spikefpn
+import conftest
 
-TSV = "/work/shared/reference/official_keys/fpn_sdtv2_512x512_ade20k.tsv"
+TSV = str(conftest.OFFICIAL_KEYS / "fpn_sdtv2_512x512_ade20k.tsv")
 TINY = (8, 16, 32, 40)
 
 

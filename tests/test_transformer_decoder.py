@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
+import conftest
 from zoo.layers import neuron_factory
 from zoo.layers.position import SinePositionalEncoding
 from zoo.spike2former.transformer_decoder import (SpikeDrivenAttention, SpikeTransformerDecoder, SpikingFFN,
                                                   convert_official_decoder, spike_driven_attention_product)
 
-OFFICIAL_KEYS = Path("/work/shared/reference/official_keys/SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv")
+OFFICIAL_KEYS = conftest.OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
 D, BETA = 4, 0.25  # the default 'nilif' neuron
 TINY = dict(dim=16, num_heads=2, num_layers=2, ffn_channels=32, num_queries=5)
 

