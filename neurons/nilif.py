@@ -77,9 +77,11 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics
     """Eq. 16-18 over T steps, reusing float32 work buffers.
 
     Returns (s_seq, v_last, v_seq or None, window mask [T, ...] int8 or None); v_last is
-    None when ``keep_final_state`` is off. Only the 1-byte mask is kept for backward. The mask is compared into a
-    float buffer and copied to int8: on CPU both are vectorised, while
-    comparisons into bool/int8 and bool->float casts are several times slower.
+    None when ``keep_final_state`` is off. Only the 1-byte mask is kept for backward. The
+    mask is compared into a float buffer and copied to int8: on CPU both are vectorised,
+    while comparisons into bool/int8 and bool->float casts are several times slower.
+    When the last step's state is not read and no mask is needed, that step is computed
+    in place in the output: at T = 1 in inference no work buffer is allocated at all.
     """
     T = x_seq.shape[0]
     f32 = torch.float32
@@ -88,19 +90,27 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics
     s_seq = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=device)
     mask = torch.empty(x_seq.shape, dtype=torch.int8, device=device) if save_mask else None
     v_seq = torch.empty(x_seq.shape, dtype=f32, device=device) if store_v_seq else None
-    count = torch.empty(step_shape, dtype=f32, device=device)
     flag = torch.empty(step_shape, dtype=f32, device=device) if save_mask else None
-    work = torch.empty(step_shape, dtype=f32, device=device) if v_seq is None or v is not None else None
     unit_threshold = dyn.v_threshold == 1.0
     scaled = None if unit_threshold else torch.empty(step_shape, dtype=f32, device=device)
+    final_state_unread = not (keep_final_state or store_v_seq)
+    count = work = None
     h = v
     for t in range(T):
         x_t = x_seq[t]
         if h is None:
             u = x_t if x_t.dtype == f32 else x_t.to(f32)
         else:
+            if work is None:
+                work = torch.empty(step_shape, dtype=f32, device=device)
             u = torch.add(h, x_t, out=work)
         y = u if unit_threshold else torch.div(u, dyn.v_threshold, out=scaled)
+        if t == T - 1 and final_state_unread and mask is None and x_seq.dtype == f32:
+            out = torch.clamp(y, 0.0, float(dyn.D), out=s_seq[t])
+            out.round_().div_(dyn.norm)
+            return s_seq, None, None, None
+        if count is None:
+            count = torch.empty(step_shape, dtype=f32, device=device)
         torch.clamp(y, 0.0, float(dyn.D), out=count)
         if mask is not None:
             if dyn.default_window:
@@ -111,10 +121,12 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics
             mask[t].copy_(flag)
         count.round_()
         torch.div(count, dyn.norm, out=s_seq[t])
-        if t == T - 1 and not (keep_final_state or store_v_seq):
+        if t == T - 1 and final_state_unread:
             return s_seq, None, None, mask  # nobody reads H[T-1]: skip the reset and leak
         if not unit_threshold:
             count.mul_(dyn.v_threshold)
+        if v_seq is None and work is None:
+            work = torch.empty(step_shape, dtype=f32, device=device)
         h = torch.sub(u, count, out=work if v_seq is None else v_seq[t])
         if dyn.beta != 1.0:
             h.mul_(dyn.beta)

@@ -259,3 +259,12 @@ def test_dropping_the_final_state_changes_no_output():
     xg = x.clone().requires_grad_(True)
     dropped.reset()
     assert torch.equal(dropped(xg), kept.reset() or kept(x))
+
+
+@pytest.mark.parametrize("T,D", [(1, 4), (3, 3), (2, 8)])
+def test_inference_without_final_state_matches_the_reference(T, D):
+    x = make_input(T, D=D, seed=12)
+    node = NILIFNode(D=D, beta=0.5, step_mode="m", keep_state=False)
+    with torch.no_grad():
+        out = node(x)
+    assert torch.equal(out, reference_loop(x, D, 0.5, True)[0])
