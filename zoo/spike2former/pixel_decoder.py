@@ -397,7 +397,8 @@ class SpikePixelDecoder(nn.Module):
             lateral = self.lateral_convs[i](features[i])
             up = F.interpolate(y.flatten(0, 1), size=lateral.shape[-2:], mode="bilinear",
                                align_corners=False)
-            y = self.output_convs[i](lateral + up.unflatten(0, lateral.shape[:2]))
+            # added in place into the fresh upsampled map: one map fewer alive at the widest level
+            y = self.output_convs[i](up.unflatten(0, lateral.shape[:2]).add_(lateral))
             outs.append(y)
         return self.mask_feature(y), outs[:3]
 
