@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["to_events", "from_events", "SpikeDrivenSynapse", "fold_batchnorm"]
+__all__ = ["to_events", "from_events", "SpikeDrivenSynapse", "fold_batchnorm", "batchnorm_affine"]
 
 
 def _check_D(D) -> int:
@@ -94,13 +94,8 @@ class SpikeDrivenSynapse(nn.Module):
 
 
 @torch.no_grad()
-def fold_batchnorm(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """A copy of ``layer`` (Conv/Linear) with an eval-mode BatchNorm that follows it folded in."""
-    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-        raise TypeError(f"fold_batchnorm folds into Conv1d, Conv2d or Linear, got {type(layer).__name__}")
-    out_features = layer.weight.shape[0]
-    if bn.num_features != out_features:
-        raise ValueError(f"BatchNorm has {bn.num_features} features, the layer has {out_features} outputs")
+def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm):
+    """An eval-mode BatchNorm as ``y = scale * x + shift`` per channel: returns ``(scale, shift)``."""
     if bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     scale = bn.running_var.add(bn.eps).rsqrt()
@@ -109,6 +104,18 @@ def fold_batchnorm(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
+    return scale, shift
+
+
+@torch.no_grad()
+def fold_batchnorm(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of ``layer`` (Conv/Linear) with an eval-mode BatchNorm that follows it folded in."""
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        raise TypeError(f"fold_batchnorm folds into Conv1d, Conv2d or Linear, got {type(layer).__name__}")
+    out_features = layer.weight.shape[0]
+    if bn.num_features != out_features:
+        raise ValueError(f"BatchNorm has {bn.num_features} features, the layer has {out_features} outputs")
+    scale, shift = batchnorm_affine(bn)
     folded = copy.deepcopy(layer)
     folded.weight = nn.Parameter(layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1))))
     old_bias = layer.bias if layer.bias is not None else torch.zeros_like(shift)

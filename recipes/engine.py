@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import zoo
 
-from . import config as cfg_lib
 from .datasets import collate_samples
 
 __all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",

@@ -287,7 +287,6 @@ def coco_root(tmp_path):
     ids[:2, 4:] = car
     ids[2:5] = rug
     ids[5, :3] = crowd
-    images, annotations = [], []
     for k, split in enumerate(("train2017", "val2017")):
         name = f"{k + 1:012d}"
         _rgb(str(root / split / f"{name}.jpg"))

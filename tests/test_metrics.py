@@ -1,8 +1,5 @@
 """SemanticMetrics and PanopticQuality against loop-based reference implementations written here."""
 import math
-import os
-import socket
-import tempfile
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ shapes come from the TSV dumps of the released models, the deformable sampling i
 checked against explicit bilinear interpolation loops, ESC against functional ops.
 """
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import zoo
-from zoo import hub, registry
+from zoo import registry
 from zoo.base import SegmentationModel
 
 

@@ -1,5 +1,4 @@
 """SDME head (spike-driven mask embedding with ME-Shortcut) against a direct recomputation."""
-from pathlib import Path
 
 import pytest
 import torch

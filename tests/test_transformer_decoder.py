@@ -1,6 +1,5 @@
 """Spike-driven transformer decoder (SDTD), its attention and FFN, and the sine positional encoding."""
 import math
-from pathlib import Path
 
 import pytest
 import torch

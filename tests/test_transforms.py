@@ -1,7 +1,6 @@
 """recipes.transforms against hand computations."""
 import colorsys
 
-import pytest
 import torch
 from torchvision import tv_tensors
 

@@ -32,6 +32,8 @@ from typing import Dict, List, Tuple, Type
 import torch
 import torch.nn as nn
 
+from neurons.spike_driven import batchnorm_affine
+
 from .backbones.meta_spikeformer import BNAndPad, RepConv, RepConvBN, SepConv, SpikeConvBN
 from .spike2former.pixel_decoder import ChannelMLP, MultiLevelConvBN
 from .spike2former.sdme import SDME
@@ -74,12 +76,7 @@ def _fold_into_layer(layer: nn.Module, bn: _BatchNorm, where: str) -> None:
         raise ValueError(f"{where} keeps no running statistics and cannot be folded")
     if bn.num_features != layer.weight.shape[0]:
         raise ValueError(f"{where} has {bn.num_features} features, the layer has {layer.weight.shape[0]} outputs")
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    scale, shift = batchnorm_affine(bn)
     layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
     bias = shift if layer.bias is None else layer.bias * scale + shift
     layer.bias = nn.Parameter(bias.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 __all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained",
-           "get_pretrained_cfg", "get_checkpoint_filter", "split_name", "get_builder", "is_model"]
+           "get_pretrained_cfg", "get_checkpoint_filter", "segmentation_cfg", "split_name", "get_builder", "is_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,6 +79,23 @@ class PretrainedCfg:
 
 
 CheckpointFilter = Callable[[Dict[str, Any], nn.Module], Dict[str, Any]]
+
+
+def segmentation_cfg(dataset: str, classes, palette, T: int, D: int, params: Optional[int],
+                     paper: Dict[str, Any], *, source: str, crop=(512, 512), task: str = "semantic",
+                     model_args: Optional[Dict[str, Any]] = None, notes: str = "", recipe: Optional[str] = None,
+                     macs: Optional[float] = None) -> PretrainedCfg:
+    """The config of a segmentor trained on ``dataset``: classes, T, D and ``model_args`` agree.
+
+    ``paper``: the published figures, credited to ``source`` (empty for variants the paper
+    does not have). ``macs``: GMACs of one inference per time step at the crop size
+    (``zoo.complexity`` convention).
+    """
+    args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
+    return PretrainedCfg(dataset=dataset, task=task, num_classes=len(classes), class_names=tuple(classes),
+                         palette=tuple(palette), crop_size=crop, T=T, D=D, model_args=args,
+                         paper={"source": source, **paper} if paper else {}, params=params, macs=macs,
+                         recipe=recipe or dataset, notes=notes)
 
 
 @dataclass

@@ -18,6 +18,7 @@ also differ by x2 per level, so the head's arithmetic is unchanged.)
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -26,11 +27,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import datasets_meta as meta
-from .backbones.meta_spikeformer import CAMVID_BACKBONE, MetaSpikeFormer, SpikeConvBN, convert_official_backbone
+from .backbones.meta_spikeformer import (CAMVID_BACKBONE, MetaSpikeFormer, SpikeConvBN, convert_official_backbone,
+                                         is_imagenet_backbone)
 from .base import SegmentationModel
 from .layers.common import NeuronFactory, model_neuron, multistep, neuron_factory
 from .postprocess import resize_masks
-from .registry import PretrainedCfg, register_model
+from .registry import register_model, segmentation_cfg
 
 __all__ = ["SpikeFPNNeck", "SemanticFPNHead", "SpikeFPN", "convert_official_spikefpn", "spikefpn_ade20k",
            "spikefpn_voc2012", "spikefpn_camvid"]
@@ -194,7 +196,7 @@ def convert_official_spikefpn(state_dict: Mapping[str, torch.Tensor]) -> Dict[st
 
 def _checkpoint_filter(state_dict, model):
     """Official SpikeFPN checkpoints convert entirely; an ImageNet Meta-SpikeFormer initialises the backbone."""
-    if "downsample1_1.encode_conv.weight" in state_dict:
+    if is_imagenet_backbone(state_dict):
         backbone = {f"backbone.{k}": v for k, v in convert_official_backbone(state_dict).items()}
         return {**model.state_dict(), **backbone}
     if not any(k.startswith("neck.") for k in state_dict):
@@ -205,14 +207,7 @@ def _checkpoint_filter(state_dict, model):
 _PAPER = "Lei et al., Spike2Former, AAAI 2025 (SpikeFPN baseline)"
 
 
-def _cfg(dataset: str, classes, palette, T: int, D: int, params, paper, model_args=None, notes="",
-         crop=(512, 512), macs: Optional[float] = None) -> PretrainedCfg:
-    """``macs``: GMACs of one inference per time step at the crop size (``zoo.complexity`` convention)."""
-    args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
-    return PretrainedCfg(dataset=dataset, num_classes=len(classes), class_names=tuple(classes),
-                         palette=tuple(palette), crop_size=crop, T=T, D=D, model_args=args,
-                         paper={"source": _PAPER, **paper} if paper else {}, params=params, macs=macs,
-                         recipe=dataset, notes=notes)
+_cfg = functools.partial(segmentation_cfg, source=_PAPER)
 
 
 @register_model(cfgs={"t4d1": _cfg("ade20k", meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 4, 1, 16_472_190,

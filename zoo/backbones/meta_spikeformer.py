@@ -360,6 +360,11 @@ def _sdtv2_notes(factory: str, cls_params: str, imagenet: str) -> str:
             f"No published segmentation weights. {imagenet}")
 
 
+def is_imagenet_backbone(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """A Meta-SpikeFormer classification checkpoint: backbone keys at top level (plus ``head.*``)."""
+    return "downsample1_1.encode_conv.weight" in state_dict
+
+
 def _backbone_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """ImageNet classification or official segmentation checkpoints -> backbone keys."""
     if any(k.startswith("backbone.") for k in state_dict):

@@ -6,12 +6,12 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-from ..backbones.meta_spikeformer import convert_official_backbone
+from ..backbones.meta_spikeformer import convert_official_backbone, is_imagenet_backbone
 from .pixel_decoder import convert_official_pixel_decoder
 from .sdme import convert_official_sdme
 from .transformer_decoder import convert_official_decoder
 
-__all__ = ["convert_official_checkpoint", "is_imagenet_backbone"]
+__all__ = ["convert_official_checkpoint"]
 
 _DECODER_KEYS = ("transformer_decoder.", "query_embed.", "query_feat.", "level_embed.")
 
@@ -22,11 +22,6 @@ def _strip(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tenso
 
 def _add(prefix: str, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in state.items()}
-
-
-def is_imagenet_backbone(state: Dict[str, torch.Tensor]) -> bool:
-    """A Meta-SpikeFormer classification checkpoint: backbone keys at top level, plus ``head.*``."""
-    return "downsample1_1.encode_conv.weight" in state
 
 
 def convert_official_checkpoint(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

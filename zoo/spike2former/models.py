@@ -7,11 +7,11 @@ checkpoint_path=...)`` loads the official code's checkpoints through
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import functools
 
 from .. import datasets_meta as meta
 from ..backbones import CAMVID_BACKBONE
-from ..registry import PretrainedCfg, register_model
+from ..registry import register_model, segmentation_cfg
 from .convert import convert_official_checkpoint
 from .segmentor import Spike2Former
 
@@ -21,15 +21,7 @@ __all__ = ["spike2former_ade20k", "spike2former_cityscapes", "spike2former_voc20
 _PAPER = "Lei et al., Spike2Former, AAAI 2025"
 
 
-def _cfg(dataset: str, classes, palette, T: int, D: int, params: int, paper: Dict[str, Any],
-         crop=(512, 512), task="semantic", model_args=None, notes="", recipe=None,
-         macs: Optional[float] = None) -> PretrainedCfg:
-    """``macs``: GMACs of one inference per time step at the crop size (``zoo.complexity`` convention)."""
-    args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
-    return PretrainedCfg(dataset=dataset, task=task, num_classes=len(classes), class_names=tuple(classes),
-                         palette=tuple(palette), crop_size=crop, T=T, D=D, model_args=args,
-                         paper={"source": _PAPER, **paper}, params=params, macs=macs, recipe=recipe or dataset,
-                         notes=notes)
+_cfg = functools.partial(segmentation_cfg, source=_PAPER)
 
 
 @register_model(cfgs={"t1d4": _cfg("ade20k", meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 1, 4, 34_361_112,
