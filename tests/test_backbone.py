@@ -23,19 +23,7 @@ def n_params(module):
 
 def official_backbone_state_dict(seed=0):
     """Random tensors with the shapes of the official Spike2Former backbone (``backbone.`` stripped)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    with open(TSV) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            if not key.startswith("backbone."):
-                continue
-            if shape == "scalar":  # num_batches_tracked: distinct values, so each can be found again
-                value = torch.tensor(len(state) + 1)
-            else:
-                value = torch.randn(tuple(int(s) for s in shape.split("x")), generator=gen)
-            state[key[len("backbone."):]] = value
-    return state
+    return conftest.synthetic_official_state(TSV, "backbone.", seed=seed)
 
 
 def test_default_parameter_count_and_channels():

@@ -106,15 +106,6 @@ def test_recorded_macs(name):
     assert count_macs(model, cfg.crop_size, T=1).total / 1e9 == pytest.approx(cfg.macs, rel=5e-3)
 
 
-def _synthetic_official(tsv):
-    state = {}
-    for line in tsv.read_text().splitlines():
-        key, shape = line.split("\t")
-        dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
-        state[key] = torch.randint(0, 1000, dims) if key.endswith("num_batches_tracked") else torch.randn(dims)
-    return state
-
-
 OFFICIAL_CASES = [
     ("SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv", "spike2former_ade20k", {}),
     ("SDTv2_maskformer_DCNPixelDecoder_CityScapes.tsv", "spike2former_cityscapes", {}),
@@ -127,9 +118,7 @@ OFFICIAL_CASES = [
 @pytest.mark.parametrize("tsv,name,kwargs", OFFICIAL_CASES)
 def test_official_checkpoints_convert_and_load(tsv, name, kwargs, tmp_path):
     path = OFFICIAL_KEYS / tsv
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    state = _synthetic_official(path)
+    state = conftest.synthetic_official_state(path)
     ckpt = tmp_path / "official.pth"
     torch.save({"meta": {"iter": 160000}, "state_dict": state}, ckpt)
     model = zoo.create(name, checkpoint_path=ckpt, **kwargs)
@@ -146,9 +135,7 @@ def test_official_checkpoints_convert_and_load(tsv, name, kwargs, tmp_path):
 
 def test_imagenet_backbone_checkpoint_initialises_the_backbone(tmp_path):
     path = OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    full = _synthetic_official(path)
+    full = conftest.synthetic_official_state(path)
     classification = {k[len("backbone."):]: v for k, v in full.items() if k.startswith("backbone.")}
     classification["head.weight"], classification["head.bias"] = torch.randn(1000, 360), torch.randn(1000)
     ckpt = tmp_path / "imagenet.pth"

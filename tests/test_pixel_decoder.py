@@ -36,14 +36,7 @@ def n_params(module):
 
 def official_shapes(tsv):
     """Pixel-decoder keys of an official model (prefix stripped) -> shape tuple."""
-    if not tsv.exists():
-        pytest.skip(f"{tsv} not available")
-    shapes = {}
-    for line in tsv.read_text().splitlines():
-        key, shape = line.split("\t")
-        if key.startswith(PREFIX):
-            shapes[key[len(PREFIX):]] = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
-    return shapes
+    return conftest.official_shapes(tsv, PREFIX)
 
 
 def tiny_features(T=1, B=2, size=64, seed=0):
@@ -116,10 +109,7 @@ def test_ablation_parameter_counts():
 
 @pytest.mark.parametrize("tsv, ffn", [(ADE_TSV, 1024), (CITYSCAPES_TSV, 2048)])
 def test_official_state_dict_converts_and_loads_strictly(tsv, ffn):
-    shapes = official_shapes(tsv)
-    g = torch.Generator().manual_seed(0)
-    official = {k: (torch.randint(0, 100, (), generator=g) if k.endswith("num_batches_tracked")
-                    else torch.randn(s, generator=g)) for k, s in shapes.items()}
+    official = conftest.synthetic_official_state(tsv, PREFIX)
     m = SpikePixelDecoder(ffn_channels=ffn, official=True)
     m.load_state_dict(convert_official_pixel_decoder(official), strict=True)
     expected = {  # official key -> our tensor, written out by hand

@@ -90,14 +90,8 @@ def test_default_parameter_counts_and_ablations():
 
 
 def test_official_keys_convert_and_load_strictly():
-    gen = torch.Generator().manual_seed(0)
-    official = {}
-    for line in OFFICIAL_KEYS.read_text().splitlines():
-        key, shape = line.split("\t")
-        if key.startswith("decode_head.") and not key.startswith("decode_head.pixel_decoder."):
-            official[key[len("decode_head."):]] = (
-                torch.randint(0, 1000, (), generator=gen) if shape == "scalar"
-                else torch.randn(*map(int, shape.split("x")), generator=gen))
+    official = conftest.synthetic_official_state(OFFICIAL_KEYS, "decode_head.",
+                                                 exclude=("decode_head.pixel_decoder.",))
     head = SDME()
     head.load_state_dict(convert_official_sdme(official), strict=True)
     expected = {

@@ -21,16 +21,7 @@ def tiny_spikefpn(num_classes=5, neck_channels=8, T=1):
 
 
 def official_state_dict():
-    gen = torch.Generator().manual_seed(0)
-    state = {}
-    with open(TSV) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            if shape == "scalar":  # num_batches_tracked: distinct values, so each can be found again
-                state[key] = torch.tensor(len(state) + 1)
-            else:
-                state[key] = torch.randn(tuple(int(s) for s in shape.split("x")), generator=gen)
-    return state
+    return conftest.synthetic_official_state(TSV)
 
 
 def test_default_parameter_counts():

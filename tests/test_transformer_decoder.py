@@ -84,19 +84,8 @@ def test_default_parameter_counts():
 
 
 def official_decoder_state_dict():
-    """Random tensors with the shapes of the official transformer-decoder keys (prefix stripped)."""
-    gen = torch.Generator().manual_seed(0)
-    state = {}
-    for line in OFFICIAL_KEYS.read_text().splitlines():
-        key, shape = line.split("\t")
-        if not key.startswith("decode_head.") or key.startswith("decode_head.pixel_decoder."):
-            continue
-        key = key[len("decode_head."):]
-        if shape == "scalar":
-            state[key] = torch.randint(0, 1000, (), generator=gen)
-        else:
-            state[key] = torch.randn(*map(int, shape.split("x")), generator=gen)
-    return state
+    """Random tensors with the shapes of the official head keys (``decode_head.`` stripped, no pixel decoder)."""
+    return conftest.synthetic_official_state(OFFICIAL_KEYS, "decode_head.", exclude=("decode_head.pixel_decoder.",))
 
 
 def test_official_keys_convert_and_load_strictly():
