@@ -197,9 +197,11 @@ def _backward(mask: torch.Tensor, g_s, g_v, g_vseq, x_dtype, dyn: Dynamics, want
 
 class _NILIFTorch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_seq, v, dyn, store_v_seq):
-        forward = _forward_functional if torch.compiler.is_compiling() else _forward_eager
-        s_seq, v_last, v_seq, mask = forward(x_seq, v, dyn, True, store_v_seq)
+    def forward(ctx, x_seq, v, dyn, store_v_seq, keep_final_state):
+        if torch.compiler.is_compiling():
+            s_seq, v_last, v_seq, mask = _forward_functional(x_seq, v, dyn, True, store_v_seq)
+        else:
+            s_seq, v_last, v_seq, mask = _forward_eager(x_seq, v, dyn, True, store_v_seq, keep_final_state)
         ctx.save_for_backward(mask)
         ctx.dyn = dyn
         ctx.x_dtype = x_seq.dtype
@@ -212,7 +214,7 @@ class _NILIFTorch(torch.autograd.Function):
         (mask,) = ctx.saved_tensors
         want_gv = ctx.has_v and ctx.needs_input_grad[1]
         g_x, g_v0 = _backward(mask, g_s, g_v, g_vseq, ctx.x_dtype, ctx.dyn, want_gv)
-        return g_x, g_v0, None, None
+        return g_x, g_v0, None, None, None
 
 
 def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics,
@@ -221,8 +223,9 @@ def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamic
     """Run eq. 16-18 over ``x_seq`` [T, ...] from state ``v`` (float32 or None for 0).
 
     Returns ``(s_seq, v_last, v_seq)``; ``v_seq`` is None unless ``store_v_seq``.
-    Without gradients and with ``keep_final_state=False`` the torch backend skips
-    the last step's reset and leak and returns ``v_last = None``.
+    With ``keep_final_state=False`` the torch backend skips the last step's reset
+    and leak and returns ``v_last = None`` (in training too: a state nobody reads
+    would otherwise stay alive, the size of the output, until the next reset).
     """
     if backend == "cupy":
         from . import cupy_backend
@@ -230,7 +233,7 @@ def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamic
     needs_grad = torch.is_grad_enabled() and (
         x_seq.requires_grad or (v is not None and v.requires_grad))
     if needs_grad:
-        return _NILIFTorch.apply(x_seq, v, dyn, store_v_seq)
+        return _NILIFTorch.apply(x_seq, v, dyn, store_v_seq, keep_final_state)
     forward = _forward_functional if torch.compiler.is_compiling() else _forward_eager
     if forward is _forward_eager:
         s_seq, v_last, v_seq, _ = _forward_eager(x_seq, v, dyn, False, store_v_seq, keep_final_state)

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 
 from .matcher import HungarianMatcher, semantic_to_targets
 
-__all__ = ["SetCriterion", "PerPixelCrossEntropy", "sigmoid_focal_loss", "dice_loss", "align_to_label"]
+__all__ = ["SetCriterion", "PerPixelCrossEntropy", "sigmoid_focal_loss", "dice_loss", "align_to_label",
+           "matched_mask_losses"]
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -104,6 +105,79 @@ def align_to_label(logits: torch.Tensor, label_size: Tuple[int, int], stride: Op
         out = F.interpolate(x, size=padded, mode="bilinear", align_corners=False)
         out = out[..., : label_size[0], : label_size[1]]
     return out.reshape(*lead, *out.shape[-2:])
+
+
+class _MatchedMaskLosses(torch.autograd.Function):
+    """Per-mask focal sums and dice losses of upsampled logits; gradients formed in forward.
+
+    The full-resolution tensors (upsampled logits, probabilities, focal terms) live
+    one chunk of masks at a time and are never saved: forward also evaluates the
+    two Jacobian rows of each mask w.r.t. its low-resolution logits (the element-wise
+    derivatives pulled back through the bilinear upsampling), and backward only
+    scales them. Autograd through the same expressions would keep about eight
+    full-resolution tensors per prediction alive until backward (1.2 GB for the
+    seven predictions of spike2former_ade20k at 512x512).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, gt, valid, alpha, gamma, eps):
+        size = tuple(gt.shape[-2:])
+        chunk = max(1, (1 << 22) // (size[0] * size[1]))  # ~16 MB per full-resolution temporary
+        focal_sums, dice, focal_jac, dice_jac = [], [], [], []
+        for start in range(0, logits.shape[0], chunk):
+            low = logits[start:start + chunk]
+            x = F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            target = gt[start:start + chunk]
+            v = valid[start:start + chunk].to(x.dtype)
+            t = target.to(x.dtype) * v
+            p = torch.sigmoid(x)
+            ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+            p_t = torch.where(target, p, 1 - p)
+            q = 1 - p_t
+            q_pow = q.pow(gamma)
+            alpha_t = torch.where(target, alpha, 1 - alpha)
+            focal_sums.append((alpha_t * q_pow * ce * v).sum((1, 2)))
+            # d focal / dx = -sign(t) alpha_t q^gamma (gamma p_t ce + q), sign(t) = +1 for t = 1, -1 for t = 0
+            signed_alpha = torch.where(target, -alpha, 1 - alpha)
+            d_focal = signed_alpha * q_pow * (gamma * p_t * ce + q) * v
+            # dice = 1 - N / S with N = 2 sum(p t v) + eps, S = sum(p v) + sum(t v) + eps:
+            # d dice / dp = v (N - 2 t S) / S^2
+            pv = p * v
+            numerator = 2 * (pv * t).sum((1, 2)) + eps
+            denominator = pv.sum((1, 2)) + t.sum((1, 2)) + eps
+            dice.append(1 - numerator / denominator)
+            d_dice = (numerator[:, None, None] - 2 * t * denominator[:, None, None]) * v
+            d_dice *= (p * (1 - p)) / denominator.square()[:, None, None]
+            pulled = torch.ops.aten.upsample_bilinear2d_backward(
+                torch.stack([d_focal, d_dice], 1), size, [low.shape[0], 2, *low.shape[-2:]], False)
+            focal_jac.append(pulled[:, 0])
+            dice_jac.append(pulled[:, 1])
+        ctx.save_for_backward(torch.cat(focal_jac), torch.cat(dice_jac))
+        return torch.cat(focal_sums), torch.cat(dice)
+
+    @staticmethod
+    def backward(ctx, grad_focal, grad_dice):
+        focal_jac, dice_jac = ctx.saved_tensors
+        grad = focal_jac * grad_focal[:, None, None] + dice_jac * grad_dice[:, None, None]
+        return grad, None, None, None, None, None
+
+
+def matched_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.25,
+                        gamma: float = 2.0, eps: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Focal-loss sums and dice losses of low-resolution mask logits against full-resolution masks.
+
+    ``logits`` [M, h, w] are bilinearly upsampled (align_corners=False) to the size of
+    ``gt`` [M, H, W] (bool) and ``valid`` [M, H, W] (bool; invalid pixels count for
+    nothing). Returns ``(focal [M], dice [M])``: per mask the sum over pixels of
+    :func:`sigmoid_focal_loss` times ``valid``, and :func:`dice_loss` with ``valid``.
+    Equal to those functions applied to :func:`align_to_label` output, gradients
+    included, at a fraction of the memory (see :class:`_MatchedMaskLosses`).
+    """
+    if logits.dim() != 3 or gt.shape[0] != logits.shape[0] or gt.shape != valid.shape:
+        raise ValueError(f"expected logits [M, h, w], gt and valid [M, H, W]; got {tuple(logits.shape)}, "
+                         f"{tuple(gt.shape)} and {tuple(valid.shape)}")
+    return _MatchedMaskLosses.apply(logits.float(), gt.bool(), valid.bool(), float(alpha), float(gamma),
+                                    float(eps))
 
 
 class SetCriterion:
@@ -194,17 +268,19 @@ class SetCriterion:
         weight = self.empty_weight.to(device)
         loss_cls = F.cross_entropy(class_logits.float().flatten(0, 1), target_classes.flatten(), weight=weight)
 
-        src = torch.cat([mask_logits[b, q] for b, (q, _) in enumerate(indices)])
+        # one gather over the flattened batch: per-image mask_logits[b, q] would give every image
+        # its own zero-filled [B, Q, h, w] gradient buffer in backward
+        flat_idx = torch.cat([b * queries + q.to(device) for b, (q, _) in enumerate(indices)])
+        src = mask_logits.flatten(0, 1)[flat_idx]
         if src.shape[0] == 0:
             zero = mask_logits.sum() * 0.0
             return {"loss_cls": self.class_weight * loss_cls, "loss_focal": zero, "loss_dice": zero.clone()}
-        gt = torch.cat([masks[t] for (_, t), (_, masks, _) in zip(indices, targets)]).float()
-        valid = torch.cat([v.expand(len(t), *v.shape) for (_, t), (_, _, v) in zip(indices, targets)]).float()
-        src = align_to_label(src.float(), tuple(gt.shape[-2:]), None)  # already padded to the right size
-        height, width = gt.shape[-2:]
-        focal = sigmoid_focal_loss(src, gt, self.focal_alpha, self.focal_gamma) * valid
+        gt = torch.cat([masks[t] for (_, t), (_, masks, _) in zip(indices, targets)])
+        valid = torch.cat([v.expand(len(t), *v.shape) for (_, t), (_, _, v) in zip(indices, targets)])
+        height, width = gt.shape[-2:]  # already padded to the predictions' upsampled size
+        focal, dice = matched_mask_losses(src, gt, valid, self.focal_alpha, self.focal_gamma, self.dice_eps)
         loss_focal = focal.sum() / (num_matched * height * width)
-        loss_dice = dice_loss(src, gt, valid, self.dice_eps).sum() / num_matched
+        loss_dice = dice.sum() / num_matched
         return {"loss_cls": self.class_weight * loss_cls, "loss_focal": self.focal_weight * loss_focal,
                 "loss_dice": self.dice_weight * loss_dice}
 
@@ -228,10 +304,13 @@ class SetCriterion:
             if len(sizes) != 1:
                 raise ValueError(f"targets of different sizes {sorted(sizes)} need mask_stride")
         num_layers = class_logits.shape[0]
+        # unbind, not class_logits[layer]: each select's backward would allocate and zero a buffer
+        # of the whole stacked [L, B, Q, h, w] tensor; unbind's backward stacks the L gradients once
+        class_logits, mask_logits = class_logits.unbind(0), mask_logits.unbind(0)
         indices = [self.matcher(class_logits[layer], mask_logits[layer], prepared) for layer in range(num_layers)]
         # number of matched masks per layer, averaged over ranks in one collective
         local = [float(sum(len(q) for q, _ in layer_indices)) for layer_indices in indices]
-        num_matched = [max(n, 1.0) for n in _mean_over_ranks(local, mask_logits.device)]
+        num_matched = [max(n, 1.0) for n in _mean_over_ranks(local, mask_logits[0].device)]
 
         losses: Dict[str, torch.Tensor] = {}
         for layer in range(num_layers):

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from recipes import losses as losses_module
-from recipes.losses import PerPixelCrossEntropy, SetCriterion
+from recipes.losses import (PerPixelCrossEntropy, SetCriterion, dice_loss, matched_mask_losses,
+                            sigmoid_focal_loss)
 from recipes.matcher import HungarianMatcher, semantic_to_targets
 
 
@@ -241,3 +242,32 @@ def test_per_pixel_cross_entropy():
     z = PerPixelCrossEntropy()(logits, torch.full((2, 8, 12), 255))
     assert float(z.detach()) == 0.0
     z.backward()
+
+
+@pytest.mark.parametrize("gamma, alpha, size", [(2.0, 0.25, (24, 20)), (1.5, 0.6, (17, 33))])
+def test_matched_mask_losses_equal_autograd_through_the_formulas(gamma, alpha, size):
+    """Values and gradients of the fused path equal autograd through the element-wise definitions."""
+    torch.manual_seed(3)
+    M, h, w = 6, 7, 9
+    logits = (3 * torch.randn(M, h, w)).requires_grad_()
+    gt = torch.rand(M, *size) > 0.6
+    valid = (torch.rand(*size) > 0.2).expand(M, *size)
+    gt &= valid
+    weights_focal, weights_dice = torch.rand(M), torch.rand(M)
+
+    up = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    ref_focal = (sigmoid_focal_loss(up, gt.float(), alpha, gamma) * valid).sum((1, 2))
+    ref_dice = dice_loss(up, gt.float(), valid.float(), eps=1.0)
+    ref_grad, = torch.autograd.grad((ref_focal * weights_focal).sum() + (ref_dice * weights_dice).sum(), logits)
+
+    focal, dice = matched_mask_losses(logits, gt, valid, alpha, gamma, eps=1.0)
+    grad, = torch.autograd.grad((focal * weights_focal).sum() + (dice * weights_dice).sum(), logits)
+    torch.testing.assert_close(focal, ref_focal, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dice, ref_dice, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_matched_mask_losses_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="expected logits"):
+        matched_mask_losses(torch.zeros(2, 4, 4), torch.zeros(3, 8, 8, dtype=torch.bool),
+                            torch.ones(3, 8, 8, dtype=torch.bool))

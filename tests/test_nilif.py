@@ -255,10 +255,17 @@ def test_dropping_the_final_state_changes_no_output():
     with torch.no_grad():
         assert torch.equal(dropped(x), kept(x))
     assert dropped.v == 0.0 and isinstance(kept.v, torch.Tensor)
-    # with gradients the state is computed anyway (the autograd function returns it)
-    xg = x.clone().requires_grad_(True)
-    dropped.reset()
-    assert torch.equal(dropped(xg), kept.reset() or kept(x))
+    # in training too: same outputs and input gradients, and no state is left behind
+    upstream = torch.randn_like(x)
+    grads = []
+    for node in (kept, dropped):
+        node.reset()
+        xg = x.clone().requires_grad_(True)
+        out = node(xg)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), xg.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert dropped.v == 0.0 and isinstance(kept.v, torch.Tensor)
 
 
 @pytest.mark.parametrize("T,D", [(1, 4), (3, 3), (2, 8)])

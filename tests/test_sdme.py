@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from zoo.layers import neuron_factory
-from zoo.spike2former.sdme import SDME, convert_official_sdme
+from zoo.spike2former.sdme import SDME, convert_official_sdme, mask_product
 import conftest
 
 OFFICIAL_KEYS = conftest.OFFICIAL_KEYS / "SDTv2_maskformer_DCNpixelDecoder_ade20k.tsv"
@@ -156,3 +156,22 @@ def test_gradients_flow_to_every_parameter_and_input(time_steps):
     for name, p in head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert query_states.grad.abs().sum() > 0 and mask_features.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("time_steps", [1, 2])
+def test_mask_product_gradients_equal_the_dense_einsum(time_steps):
+    """Rows with a zero gradient are skipped in backward; the gradients equal the dense products'."""
+    torch.manual_seed(5)
+    L, B, Q, C, H, W = 3, 2, 6, 4, 5, 7
+    embedding = torch.randn(time_steps, L, B, Q, C, requires_grad=True)
+    features = torch.randn(time_steps, B, C, H, W, requires_grad=True)
+    upstream = torch.randn(L, B, Q, H, W)
+    upstream[:, :, ::2] = 0          # "unmatched" queries
+    upstream[1, 1] = 0               # a state and image without any matched query
+    reference = torch.einsum("tlbqc,tbchw->lbqhw", embedding, features) / time_steps
+    ref_grads = torch.autograd.grad((reference * upstream).sum(), (embedding, features))
+    out = mask_product(embedding, features)
+    grads = torch.autograd.grad((out * upstream).sum(), (embedding, features))
+    torch.testing.assert_close(out, reference)
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)

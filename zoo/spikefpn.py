@@ -150,7 +150,8 @@ class SpikeFPN(SegmentationModel):
         return self.head(self.neck(self.backbone(x))).mean(0), tuple(x.shape[-2:]), image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._logits(images)[0]
+        with self.saving_memory_for_backward():
+            return self._logits(images)[0]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

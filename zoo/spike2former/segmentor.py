@@ -78,7 +78,8 @@ class Spike2Former(SegmentationModel):
         (L = 1) unless ``all_layers=True``. Masks are at half the padded input size.
         """
         all_layers = self.training if all_layers is None else all_layers
-        class_logits, mask_logits, _, _ = self._predict_raw(images, all_layers)
+        with self.saving_memory_for_backward():
+            class_logits, mask_logits, _, _ = self._predict_raw(images, all_layers)
         return {"pred_logits": class_logits, "pred_masks": mask_logits}
 
     @torch.no_grad()

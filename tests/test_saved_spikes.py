@@ -1,0 +1,110 @@
+"""Spikes saved for backward as 1-byte counts: identical gradients, only spikes compacted."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+
+from neurons import NILIFNode, build
+from neurons.saved_spikes import compact_saved_spikes
+from test_spike_driven_models import SEGMENTORS, lively, tiny
+
+
+class SpikeThenLinear(nn.Module):
+    def __init__(self, neuron: nn.Module, scale_in_place: bool = False):
+        super().__init__()
+        self.fc1, self.neuron, self.fc2 = nn.Linear(3, 5), neuron, nn.Linear(5, 2)
+        self.scale_in_place = scale_in_place
+
+    def forward(self, x):
+        s = self.neuron(self.fc1(x))
+        if self.scale_in_place:
+            s.mul_(2.0)  # no longer counts / norm: must be saved as it is
+        return self.fc2(s)
+
+
+def gradients(model, x, compact: bool):
+    model.zero_grad(set_to_none=True)
+    functional.reset_net(model)
+    x = x.clone().requires_grad_(True)
+    if compact:
+        with compact_saved_spikes(model) as stats:
+            out = model(x)
+    else:
+        stats, out = None, model(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return [x.grad] + [p.grad for p in model.parameters()], stats
+
+
+@pytest.mark.parametrize("neuron", [NILIFNode(D=4), NILIFNode(D=3), NILIFNode(D=4, norm=1.0), build("lif")],
+                         ids=["nilif", "nilif_D3", "ilif", "lif"])
+def test_hand_network_compacts_exactly_the_spike_input(neuron):
+    torch.manual_seed(0)
+    model = SpikeThenLinear(neuron)
+    with torch.no_grad():
+        model.fc1.weight.mul_(4)
+    x = torch.randn(4, 3)
+    plain, _ = gradients(model, x, compact=False)
+    compact, stats = gradients(model, x, compact=True)
+    assert stats.tensors == 1 and stats.original_bytes == 4 * 5 * 4 and stats.stored_bytes == 4 * 5
+    assert plain[0].abs().sum() > 0
+    for a, b in zip(plain, compact):
+        assert torch.equal(a, b)
+
+
+def test_spikes_modified_in_place_are_not_compacted():
+    torch.manual_seed(1)
+    model = SpikeThenLinear(NILIFNode(D=4), scale_in_place=True)
+    x = torch.randn(4, 3) * 4
+    plain, _ = gradients(model, x, compact=False)
+    compact, stats = gradients(model, x, compact=True)
+    assert stats.tensors == 0
+    for a, b in zip(plain, compact):
+        assert torch.equal(a, b)
+
+
+VARIANTS = {"T1": dict(T=1), "T2": dict(T=2), "official": dict(official=True, T=2)}
+MODEL_CASES = [pytest.param(name, variant, id=f"{name}-{key}") for name in SEGMENTORS
+               for key, variant in VARIANTS.items()
+               if not (variant.get("official") and name.startswith("spikefpn"))]  # SpikeFPN: no official layout
+
+
+@pytest.mark.parametrize("name, variant", MODEL_CASES)
+def test_every_model_trains_with_identical_gradients(name, variant):
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    model = lively(tiny(name, **variant), images).train()
+    reference = copy.deepcopy(model)
+    reference.compact_saved_spikes = False
+
+    def step(m):
+        torch.manual_seed(3)  # dropout draws the same masks
+        out = m(images)
+        parts = [out["pred_logits"], out["pred_masks"]] if isinstance(out, dict) else [out]
+        sum((p * torch.randn_like(p)).sum() for p in parts).backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    expected, actual = step(reference), step(model)
+    assert expected.keys() == actual.keys()
+    assert sum(float(g.abs().sum()) for g in expected.values()) > 0
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), key
+
+
+def test_models_compact_in_training_only():
+    model = tiny("spike2former_camvid")
+    calls = []
+    original = model.saving_memory_for_backward
+
+    def spy():
+        context = original()
+        calls.append(type(context).__name__)
+        return context
+    model.saving_memory_for_backward = spy
+    images = torch.randn(1, 3, 64, 64)
+    model.train()(images)
+    with torch.no_grad():
+        model(images)
+    model.eval()(images)
+    assert calls[0] == "_GeneratorContextManager" and calls[1:] == ["nullcontext", "nullcontext"]
