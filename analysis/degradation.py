@@ -28,10 +28,13 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import torch.nn as nn
 from matplotlib.figure import Figure
 
+import zoo
+from zoo.hub import load_strict
+
 from .firing import FiringReport, ImageSource, measure_firing
 
 __all__ = ["MASK_EMBEDDING_NEURONS", "DegradationPlot", "group_bands", "plot_spike_degradation",
-           "spike_degradation"]
+           "spike_degradation", "without_me_shortcut"]
 
 MASK_EMBEDDING_NEURONS = ("sdme.query_spike", "sdme.embed_spike")
 
@@ -114,3 +117,15 @@ def spike_degradation(models: Mapping[str, nn.Module], data: ImageSource, path: 
     """
     reports = {label: measure_firing(model, data, progress=progress) for label, model in models.items()}
     return plot_spike_degradation(reports, path, marked), reports
+
+
+def without_me_shortcut(model: nn.Module) -> Tuple[nn.Module, List[str]]:
+    """The Spike2Former ``model`` rebuilt with ``me_shortcut=False`` holding all of ``model``'s weights but the
+    shortcut's; returns it and the names of the weights it leaves out."""
+    ablated = zoo.create(model.pretrained_cfg.name, **{**model.model_args, "me_shortcut": False})
+    kept = ablated.state_dict().keys()
+    state = model.state_dict()
+    # strict: every weight of the ablated model must come from the full one
+    load_strict(ablated, {k: v for k, v in state.items() if k in kept}, source=f"{model.pretrained_cfg.name} weights")
+    dropped = [k for k in state if k not in kept]
+    return ablated.to(next(model.parameters()).device).eval(), dropped

@@ -1,4 +1,5 @@
-"""Shared test paths: ../shared beside the checkout (the CamVid data and the official key lists)."""
+"""Shared test helpers: ../shared beside the checkout (the CamVid data and the official key lists),
+tiny widths of the registered segmentors, and weights that make tiny random models fire."""
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -31,3 +32,50 @@ def synthetic_official_state(tsv, prefix="", exclude=(), seed=0):
         state[key] = (torch.tensor(len(state) + 1) if key.endswith("num_batches_tracked")
                       else torch.randn(shape, generator=gen))
     return state
+
+
+TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
+                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
+                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
+TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
+
+
+def segmentors():
+    """Every registered segmentation architecture."""
+    import zoo
+    return [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
+
+
+def tiny(name, **kwargs):
+    """A registered segmentor at tiny widths (64x64 inputs run in milliseconds)."""
+    import zoo
+    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
+    return zoo.create(name, **{**widths, **kwargs})
+
+
+def lively(model, images, seed=0, grid=256.0):
+    """Random dyadic weights, BN statistics calibrated on ``images`` with random affine
+    parameters (mean > 0 so that neurons fire), SDTE layer scales raised from 1e-6 to 0.5.
+    Freshly initialised tiny models are nearly silent, which would let comparisons pass trivially."""
+    import torch
+    import torch.nn as nn
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                w = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
+                m.weight.copy_(torch.round(w * grid) / grid if grid else w)
+                if m.bias is not None:
+                    b = torch.randn(m.bias.shape, generator=g) * 0.1
+                    m.bias.copy_(torch.round(b * grid) / grid if grid else b)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g))
+                m.momentum = None  # the running statistics become those of this one batch
+                m.reset_running_stats()
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("gamma"):
+                p.fill_(0.5)
+        model.train()
+        model(images)
+    return model.eval()

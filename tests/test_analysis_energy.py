@@ -18,7 +18,8 @@ from torchvision.models import segmentation as tvs
 import zoo
 from analysis.energy import CONVENTION, E_AC_PJ, E_MAC_PJ, estimate
 from neurons import NILIFNode
-from test_spike_driven_models import DENSE_SUFFIXES, expected_unit, lively, tiny
+from conftest import lively, tiny
+from test_spike_driven_models import DENSE_SUFFIXES, expected_unit
 from zoo.complexity import count_macs, product_order
 from zoo.layers.common import multistep
 from zoo.spike_driven import spike_driven_forward

@@ -15,11 +15,8 @@ from analysis.degradation import group_bands, spike_degradation
 from analysis.firing import FiringRateMonitor, LayerFiring, default_group, measure_firing
 from neurons import NILIFNode
 from zoo.spike_driven import spike_source_of
+from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN
 
-TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
-                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
-                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
-TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
 BACKBONE_GROUPS = ["backbone.stage1", "backbone.stage2", "backbone.stage3", "backbone.stage4"]
 
 

@@ -10,12 +10,10 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 import conftest
+from conftest import TINY_SPIKE2FORMER
 import zoo
 from analysis.masks import query_mask_patterns, write_query_mask_patterns
 
-TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
-                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
-                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
 
 
 def tiny_spike2former():

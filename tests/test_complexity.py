@@ -5,7 +5,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
-from test_models import tiny
+from conftest import tiny
 from zoo.complexity import count_macs
 
 

@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.neuron import BaseNode
 
-from test_models import SEGMENTORS, tiny
+from conftest import segmentors, tiny
+
+SEGMENTORS = segmentors()
 from zoo.backbones.meta_spikeformer import RepConvBN
 from zoo.fuse import fold_batchnorm, remaining_batchnorms
 

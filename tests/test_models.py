@@ -4,24 +4,16 @@ import pytest
 import torch
 
 import conftest
+from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, tiny
 import zoo
 from zoo.complexity import count_macs
 from zoo.registry import get_pretrained_cfg
 
 OFFICIAL_KEYS = conftest.OFFICIAL_KEYS
 
-SEGMENTORS = [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
+SEGMENTORS = conftest.segmentors()
 TAGGED = sorted({cfg for n in SEGMENTORS for cfg in [f"{n}.{t}" for t in zoo.registry._REGISTRY[n].cfgs]})
 
-TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
-                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
-                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
-TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
-
-
-def tiny(name, **kwargs):
-    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
-    return zoo.create(name, **{**widths, **kwargs})
 
 
 def test_there_are_models_to_test():

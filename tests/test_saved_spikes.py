@@ -8,7 +8,7 @@ from spikingjelly.activation_based import functional
 
 from neurons import NILIFNode, build
 from neurons.saved_spikes import compact_saved_spikes
-from test_spike_driven_models import SEGMENTORS, lively, tiny
+from conftest import lively, segmentors, tiny
 
 
 class SpikeThenLinear(nn.Module):
@@ -65,7 +65,7 @@ def test_spikes_modified_in_place_are_not_compacted():
 
 
 VARIANTS = {"T1": dict(T=1), "T2": dict(T=2), "official": dict(official=True, T=2)}
-MODEL_CASES = [pytest.param(name, variant, id=f"{name}-{key}") for name in SEGMENTORS
+MODEL_CASES = [pytest.param(name, variant, id=f"{name}-{key}") for name in segmentors()
                for key, variant in VARIANTS.items()
                if not (variant.get("official") and name.startswith("spikefpn"))]  # SpikeFPN: no official layout
 

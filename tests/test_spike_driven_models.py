@@ -17,16 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import conftest
 import zoo
 import zoo.spike_driven as sd
 from neurons import NILIFNode
 from zoo.spike_driven import SpikeTensor, spike_driven_forward, spike_driven_mode
+from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, lively, tiny
 
-SEGMENTORS = [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
-TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
-                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
-                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
-TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
+SEGMENTORS = conftest.segmentors()
 SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 # layers fed by another linear layer with no neuron between (plus the stem, fed by the image)
 DENSE_SUFFIXES = ("stem.conv", "sepconv.pw2", "repconv.dw", "repconv.pw_out")
@@ -39,36 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny(name, **kwargs):
-    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
-    return zoo.create(name, **{**widths, **kwargs})
-
-
-@torch.no_grad()
-def lively(model, images, seed=0, grid=256.0):
-    """Random dyadic weights, BN statistics calibrated on ``images`` with random affine
-    parameters (mean > 0 so that neurons fire), SDTE layer scales raised from 1e-6 to 0.5."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, SYNAPSES):
-            w = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
-            m.weight.copy_(torch.round(w * grid) / grid if grid else w)
-            if m.bias is not None:
-                b = torch.randn(m.bias.shape, generator=g) * 0.1
-                m.bias.copy_(torch.round(b * grid) / grid if grid else b)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.copy_(torch.rand(m.bias.shape, generator=g))
-            m.momentum = None  # the running statistics become those of this one batch
-            m.reset_running_stats()
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1].startswith("gamma"):
-            p.fill_(0.5)
-    model.train()
-    model(images)
-    return model.eval()
 
 
 def run(model, images):
