@@ -175,3 +175,19 @@ def test_mask_product_gradients_equal_the_dense_einsum(time_steps):
     torch.testing.assert_close(out, reference)
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_product_backward_under_autocast():
+    """bf16 autocast: the einsum runs in bf16, backward still gets fp32 inputs' gradients of the right dtype."""
+    torch.manual_seed(6)
+    embedding = torch.randn(1, 2, 1, 4, 8, requires_grad=True)
+    features = torch.randn(1, 1, 8, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mask_product(embedding, features)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    reference = torch.einsum("tlbqc,tbchw->lbqhw", embedding, features)
+    ref_grads = torch.autograd.grad(reference.square().sum(), (embedding, features))
+    assert embedding.grad.dtype == torch.float32 and features.grad.dtype == torch.float32
+    torch.testing.assert_close(embedding.grad, ref_grads[0], rtol=0.05, atol=0.5)
+    torch.testing.assert_close(features.grad, ref_grads[1], rtol=0.05, atol=0.5)

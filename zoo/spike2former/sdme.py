@@ -59,12 +59,13 @@ class _MaskProduct(torch.autograd.Function):
             layer_idx, query_idx = nonzero[:, b].nonzero(as_tuple=True)
             if layer_idx.numel() == 0:
                 continue
-            rows = grad_rows[layer_idx, b, query_idx] / steps  # [n, HW]
+            # under autocast the incoming gradient may be half precision while the saved inputs are not
+            rows = grad_rows[layer_idx, b, query_idx].to(features.dtype) / steps  # [n, HW]
             flat_features = features[:, b].reshape(steps, channels, -1)  # [T, C, HW]
             if grad_embedding is not None:
                 grad_embedding[:, layer_idx, b, query_idx] = torch.matmul(rows, flat_features.transpose(1, 2))
             if grad_features is not None:
-                selected = embedding[:, layer_idx, b, query_idx]  # [T, n, C]
+                selected = embedding[:, layer_idx, b, query_idx].to(features.dtype)  # [T, n, C]
                 grad_features[:, b] = torch.matmul(selected.transpose(1, 2), rows).view_as(features[:, b])
         return grad_embedding, grad_features
 
