@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from spikingjelly.activation_based import functional
 
 import conftest
-from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, tiny
+from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, lively, tiny
 import zoo
 from zoo.complexity import count_macs
 from zoo.registry import get_pretrained_cfg
@@ -52,29 +53,33 @@ def test_forward_backward_predict(name, T):
         assert 0 <= int(prediction.min()) and int(prediction.max()) < cfg.num_classes
 
 
+def _masks(out):
+    return out["pred_masks"] if isinstance(out, dict) else out
+
+
 @pytest.mark.parametrize("name", SEGMENTORS)
-def test_neurons_reset_at_every_forward(name):
-    model = tiny(name).eval()
+def test_neurons_reset_at_every_forward(name, monkeypatch):
     images = torch.randn(1, 3, 64, 64)
+    model = lively(tiny(name, T=2), images)
+    model.keep_neuron_states = True  # leftover states would leak into the next forward without the reset
     with torch.no_grad():
-        first, second = model(images), model(images)
-    key = "pred_masks" if isinstance(first, dict) else None
-    a, b = (first[key], second[key]) if key else (first, second)
-    assert torch.equal(a, b)
+        first, second = _masks(model(images)), _masks(model(images))
+        assert torch.equal(first, second)
+        monkeypatch.setattr(functional, "reset_net", lambda net: None)  # the check has teeth:
+        leaked = _masks(model(images))                                   # no reset -> a different output
+    assert first.abs().sum() > 0 and not torch.equal(first, leaked)
 
 
 @pytest.mark.parametrize("name", SEGMENTORS)
 def test_save_pretrained_round_trip(name, tmp_path):
     torch.manual_seed(1)
-    model = tiny(name).eval()
+    images = torch.randn(1, 3, 64, 64)
+    model = lively(tiny(name), images)
     folder = model.save_pretrained(tmp_path / name)
     again = zoo.create(str(folder)).eval()
-    images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        a, b = model(images), again(images)
-    if isinstance(a, dict):
-        a, b = a["pred_masks"], b["pred_masks"]
-    assert torch.equal(a, b)
+        a, b = _masks(model(images)), _masks(again(images))
+    assert a.std() > 0 and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", TAGGED)
