@@ -1,5 +1,6 @@
 """spike2former_camvid on CamVid (SegNet split) at CPU scale: about 30 epochs of the 367 training
-images in at most 90 minutes on 2 cores (batch 4, 0.3 s per image per step)."""
+images in at most 90 minutes on 2 cores (batch 4, about 0.4 s per image per step; measured: 71 minutes
+including the evaluations, 40.9 val mIoU, benchmarks/reports/camvid-30ep-2026-11-28)."""
 from ._base import recipe
 
 RECIPE = recipe("spike2former_camvid", "camvid", "../shared/data/camvid", "train", "val",
