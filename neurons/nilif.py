@@ -234,11 +234,10 @@ def nilif_multistep(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamic
         x_seq.requires_grad or (v is not None and v.requires_grad))
     if needs_grad:
         return _NILIFTorch.apply(x_seq, v, dyn, store_v_seq, keep_final_state)
-    forward = _forward_functional if torch.compiler.is_compiling() else _forward_eager
-    if forward is _forward_eager:
-        s_seq, v_last, v_seq, _ = _forward_eager(x_seq, v, dyn, False, store_v_seq, keep_final_state)
+    if torch.compiler.is_compiling():
+        s_seq, v_last, v_seq, _ = _forward_functional(x_seq, v, dyn, False, store_v_seq)
     else:
-        s_seq, v_last, v_seq, _ = forward(x_seq, v, dyn, False, store_v_seq)
+        s_seq, v_last, v_seq, _ = _forward_eager(x_seq, v, dyn, False, store_v_seq, keep_final_state)
     return s_seq, v_last, v_seq
 
 

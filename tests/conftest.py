@@ -2,6 +2,8 @@
 tiny widths of the registered segmentors, and weights that make tiny random models fire."""
 from pathlib import Path
 
+import pytest
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 OFFICIAL_KEYS = SHARED / "reference" / "official_keys"
 CAMVID = SHARED / "data" / "camvid"
@@ -10,7 +12,6 @@ CAMVID = SHARED / "data" / "camvid"
 def official_shapes(tsv, prefix="", exclude=()):
     """``key -> shape`` of an official state_dict dump (one ``key<TAB>shape`` per line), for the
     keys under ``prefix`` (stripped) and not under any ``exclude`` prefix; skips if the dump is absent."""
-    import pytest
     tsv = Path(tsv)
     if not tsv.exists():
         pytest.skip(f"{tsv} not present")
@@ -79,3 +80,14 @@ def lively(model, images, seed=0, grid=256.0):
         model.train()
         model(images)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: they gain nothing from threads, and on a busy
+    2-core machine OpenMP threads waiting for each other make every forward many times slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

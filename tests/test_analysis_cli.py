@@ -25,14 +25,8 @@ SHORTCUT_WEIGHTS = ["sdme.shortcut_weight", "sdme.shortcut_conv.conv.weight", "s
                     "sdme.shortcut_conv.bn.running_var", "sdme.shortcut_conv.bn.num_batches_tracked"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that wait
-    # for each other make every forward up to 100 times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save_pngs(folder, sizes, seed):

@@ -30,13 +30,8 @@ SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 DENSE_SUFFIXES = ("stem.conv", "sepconv.pw2", "repconv.dw", "repconv.pw_out")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(model, images):
