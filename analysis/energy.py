@@ -26,7 +26,9 @@ access, neuron update, BatchNorm, addition, residual or interpolation.
    padding included, no bias, no BN), the parameter-free matrix products (attention products,
    SDME mask einsum, any other matmul; ATen mm/bmm in the order the model multiplies) and the
    SDDA weighted sum (one per bilinearly sampled value). These are the dense MACs; a forward at
-   T time steps executes T times the per-step count.
+   T time steps executes T times the per-step count. Spike2Former runs its mask product in the
+   paper's order here (``mask_order='features_first'``: the mask-feature conv on its spikes, then
+   the einsum), not the cheaper association inference uses.
 2. MAC or AC is decided per call from the data flow, never from layer names. Spiking neurons
    mark their outputs as spikes (zoo.spike_driven: the neuron's unit and D); the mark survives
    only reshapes, indexing, concatenation, eval-mode dropout and scaling by a number. A
@@ -87,7 +89,7 @@ from spikingjelly.activation_based import functional
 from torch.overrides import TorchFunctionMode
 
 import zoo
-from zoo.complexity import _Counter, _eval_with_T, _layer_op
+from zoo.complexity import _Counter, _eval_with_T, _layer_op, mask_order
 from zoo.spike_driven import SYNAPSES, SpikeDrivenStats, _mark_of, _neuron_hook, spike_driven_mode
 from zoo.spike_driven import spike_source_of
 
@@ -428,6 +430,7 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_eval_with_T(model, T))
+            stack.enter_context(mask_order(model, "features_first"))
             time_steps = getattr(model, "T", None)
             stats = stack.enter_context(spike_driven_mode(model)) if exact else None
             if not exact:

@@ -3,12 +3,15 @@
 One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
 ``torch.inference_mode``, ``--threads`` intra-op threads (2). Settings:
 
-- **naive**: BatchNorm not folded, all 7 mask predictions (``all_layers=True``) and
+- **naive**: BatchNorm not folded, all 7 mask predictions (``all_layers=True``),
   ``(Q K^T) V`` in every decoder attention (the released code's order; its backbone
-  attention is ``Q (K^T V)`` already, so that is unchanged).
+  attention is ``Q (K^T V)`` already, so that is unchanged) and the mask features
+  conv before the mask product (``mask_order='features_first'``).
 - the optimisations added one at a time, so that the gain of each shows, up to
 - **optimised**: what inference runs: last query state only (the eval default),
-  ``Q (K^T V)`` (``product_order='auto'``), BN folded (``zoo.fuse``), neuron states dropped.
+  ``Q (K^T V)`` (``product_order='auto'``), the mask product as ``(e W) x + e b``
+  instead of ``e (W x + b)`` (``mask_order='auto'``), BN folded (``zoo.fuse``),
+  neuron states dropped.
 - the final row drops the neurons' final membrane states (the models' default,
   ``keep_neuron_states = False``: every forward resets the neurons, so at T = 1 the
   state is never read; the earlier rows keep it, as the released code does).
@@ -60,7 +63,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
-from zoo.complexity import count_macs, product_order  # noqa: E402
+from zoo.complexity import count_macs, mask_order, product_order  # noqa: E402
 from zoo.fuse import fold_batchnorm  # noqa: E402
 
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
@@ -74,6 +77,7 @@ class Setting:
     folded: bool
     all_layers: bool
     order: str  # product_order of every decoder attention
+    mask: str = "auto"  # Spike2Former's mask_order
     keep_states: bool = True  # neurons keep their final membrane state (the released code's behaviour)
 
 
@@ -92,9 +96,10 @@ def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
         return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"),
                 Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
-    return [Setting("naive", False, True, "qk_first"),
-            Setting("+ Q(K^T V)", False, True, "auto"),
-            Setting("+ last prediction only", False, False, "auto"),
+    return [Setting("naive", False, True, "qk_first", "features_first"),
+            Setting("+ Q(K^T V)", False, True, "auto", "features_first"),
+            Setting("+ last prediction only", False, False, "auto", "features_first"),
+            Setting("+ (e W) x mask product", False, False, "auto"),
             Setting("+ BN folded", True, False, "auto"),
             Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
 
@@ -144,7 +149,7 @@ def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: in
     kwargs = {"all_layers": True} if setting.all_layers else {}
     idle = _status_bytes("VmRSS")
     samples, splits = [], []
-    with product_order(model, setting.order), torch.inference_mode():
+    with product_order(model, setting.order), mask_order(model, setting.mask), torch.inference_mode():
         for i in range(2 + repeats):
             spent.update(dict.fromkeys(groups, 0.0))
             start = time.perf_counter()
@@ -232,7 +237,7 @@ def main():
     with torch.device("meta"):
         model = zoo.create(args.model)
     settings = settings_for(hasattr(model, "sdme"))
-    macs = [count_macs(model, (args.size, args.size), product_order_override=s.order,
+    macs = [count_macs(model, (args.size, args.size), product_order_override=s.order, mask_order_override=s.mask,
                        **({"all_layers": True} if s.all_layers else {})).total for s in settings]
     matmul = matmul_gflops()
     with tempfile.TemporaryDirectory() as folder:

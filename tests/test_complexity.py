@@ -42,8 +42,9 @@ def ade20k_on_meta():
 
 def test_ade20k_matches_the_official_op_counts(ade20k_on_meta):
     """DESIGN section 7 / reference section 11: a hook count of the official model at 512x512, T=1,
-    all 7 predictions, official (Q K^T) V order; rounded to 0.01 G."""
-    report = count_macs(ade20k_on_meta, (512, 512), all_layers=True, product_order_override="qk_first")
+    all 7 predictions, official (Q K^T) V order and mask features before the product; rounded to 0.01 G."""
+    report = count_macs(ade20k_on_meta, (512, 512), all_layers=True, product_order_override="qk_first",
+                        mask_order_override="features_first")
     G = 1e9
     kinds = report.by_kind()
     assert kinds["conv_linear"] / G == pytest.approx(55.56, abs=0.005)
@@ -60,7 +61,8 @@ def test_ade20k_matches_the_official_op_counts(ade20k_on_meta):
 
 
 def test_ade20k_inference_counts(ade20k_on_meta):
-    """Eval default: last prediction only and Q (K^T V) attention; checked against closed forms."""
+    """Eval default: last prediction only, Q (K^T V) attention and the mask product as (e W) x + e b
+    (no mask-feature conv); checked against closed forms."""
     report = count_macs(ade20k_on_meta, (512, 512))
     heads, d, queries, layers_per_level = 8, 32, 100, 2
     memory_tokens = [32 * 32, 64 * 64, 128 * 128]  # levels 1/16, 1/8, 1/4 of 512
@@ -68,7 +70,11 @@ def test_ade20k_inference_counts(ade20k_on_meta):
     cross = layers_per_level * sum((queries + n) * d * d * heads for n in memory_tokens)
     assert sum(r.macs for r in report.layers if r.name.endswith("cross_attn")
                and r.kind == "attention_product") == cross
-    assert report.by_kind()["mask_einsum"] == queries * 256 * 256 * 256  # one prediction, 1/2-scale masks
+    # one prediction: e W (Q x C x C), then (e W) x at 1/2 scale; the 256 x 256 conv there does not run
+    assert report.by_kind()["mask_einsum"] == queries * 256 * 256 + queries * 256 * 256 * 256
+    assert report.select("pixel_decoder.mask_feature") == 0
+    official = count_macs(ade20k_on_meta, (512, 512), mask_order_override="features_first")
+    assert official.total - report.total == 256 * 256 * 256 * 256 - queries * 256 * 256
     # backbone attention Q (K^T V): 6 blocks at 256 channels, 2 at 360, 8 heads, 32x32 tokens
     backbone = sum(2 * 1024 * (c // 8) ** 2 * 8 * blocks for c, blocks in ((256, 6), (360, 2)))
     assert report.select("backbone", ["attention_product"]) == backbone

@@ -159,3 +159,51 @@ def test_inference_drops_neuron_states_without_changing_outputs(name):
     assert any(isinstance(n.v, torch.Tensor) for n in model.modules() if isinstance(n, NILIFNode))
     a, b = (dropped["pred_masks"], kept["pred_masks"]) if isinstance(kept, dict) else (dropped, kept)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in SEGMENTORS if n.startswith("spike2former")])
+@pytest.mark.parametrize("T", [1, 2])
+def test_mask_order_skips_the_mask_feature_conv(name, T):
+    """'auto' multiplies the embeddings into the mask-feature conv; the logits equal the paper's
+    order ('features_first') up to rounding (non-dyadic weights here)."""
+    images = torch.randn(2, 3, 64, 64)
+    model = lively(tiny(name, T=T).eval(), images, grid=0)
+    calls = []
+    model.pixel_decoder.mask_feature.conv.register_forward_hook(lambda *args: calls.append(1))
+    results = {}
+    for order in ("auto", "features_first"):
+        model.mask_order = order
+        with torch.no_grad():
+            results[order] = [model(images, all_layers=all_layers) for all_layers in (False, True)]
+        results[order].append(len(calls))
+        calls.clear()
+    assert results["auto"][2] == 0 and results["features_first"][2] == 2  # one call per forward
+    for auto, paper in zip(results["auto"][:2], results["features_first"][:2]):
+        for key in ("pred_logits", "pred_masks"):
+            scale = paper[key].abs().max()
+            assert scale > 0
+            assert (auto[key] - paper[key]).abs().max() <= 1e-5 * scale
+    model.mask_order = "features first"
+    with pytest.raises(ValueError, match="mask_order"):
+        model(images)
+
+
+@pytest.mark.parametrize("T", [1, 2])
+def test_mask_order_gives_the_same_gradients_in_training(T):
+    images = torch.randn(2, 3, 64, 64)
+    model = lively(tiny("spike2former_ade20k", T=T), images, grid=0).train()
+    grads = {}
+    for order in ("auto", "features_first"):
+        model.mask_order = order
+        model.zero_grad()
+        out = model(images)
+        # a loss that reaches every query state and every mask pixel, like the set criterion's
+        (out["pred_masks"].sigmoid().square().mean() + out["pred_logits"].square().mean()).backward()
+        grads[order] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["auto"].keys() == grads["features_first"].keys()
+    assert grads["features_first"]["pixel_decoder.mask_feature.conv.weight"].abs().max() > 0
+    # bias gradients of convs followed by train-mode BN are zero up to rounding: compare on the global scale
+    scale = max(float(g.abs().max()) for g in grads["features_first"].values())
+    for name, paper in grads["features_first"].items():
+        difference = float((grads["auto"][name] - paper).abs().max())
+        assert difference <= 1e-5 * scale + 1e-3 * float(paper.abs().max()), (name, difference, scale)

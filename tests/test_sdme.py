@@ -135,6 +135,23 @@ def test_ablations_change_the_mask_logits():
 
 
 @pytest.mark.parametrize("time_steps", [1, 2])
+def test_feature_projection_applied_to_the_embeddings(time_steps):
+    """(e W) x + e b equals e P with P = W x + b the mask-feature conv, computed by the reference."""
+    head = tiny_head()
+    query_states, spikes = inputs(time_steps)
+    conv = torch.nn.Conv2d(C, C, 1)
+    with torch.no_grad():
+        conv.bias.normal_()
+        features = conv(spikes.flatten(0, 1)).unflatten(0, spikes.shape[:2])
+        class_logits, mask_logits = head(query_states, spikes, feature_projection=conv)
+        expected_class, expected_masks = sdme_reference(head, query_states, features)
+    torch.testing.assert_close(class_logits, expected_class, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mask_logits, expected_masks, rtol=1e-5, atol=1e-4)
+    assert SDME.projection_first_is_cheaper(1, 100, 256, 256) and SDME.projection_first_is_cheaper(7, 100, 256, 256)
+    assert not SDME.projection_first_is_cheaper(7, 100, 64, 256)
+
+
+@pytest.mark.parametrize("time_steps", [1, 2])
 def test_last_only_is_the_last_row(time_steps):
     head = tiny_head()
     query_states, mask_features = inputs(time_steps)

@@ -33,14 +33,15 @@ zero image on the model's own device (one inference's time and memory).
 Convention of the ``macs`` recorded in the pretrained configs: the ``total`` (all
 kinds) of ``count_macs(model, cfg.crop_size, T=1)`` in eval mode, i.e. what
 inference executes per time step (Spike2Former: last query state only, attention
-in the model's default product order). A forward at T time steps executes T times
-this; the energy convention of DESIGN section 7 multiplies the per-step count by T.
+and mask products in the model's default orders, ``product_order`` and ``mask_order``).
+A forward at T time steps executes T times this; the energy convention of DESIGN
+section 7 multiplies the per-step count by T.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -52,7 +53,7 @@ from .spike2former.sdme import SDME
 from .spike2former.transformer_decoder import SpikeDrivenAttention
 
 __all__ = ["KINDS", "CONVENTIONS", "PRODUCT_KINDS", "LayerMacs", "MacReport", "count_macs",
-           "product_order"]
+           "product_order", "mask_order"]
 
 KINDS = ("conv_linear", "attention_product", "deformable_sampling", "mask_einsum", "other_product")
 
@@ -235,17 +236,26 @@ class _Counter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def product_order(model: nn.Module, order: Optional[str]) -> Iterator[nn.Module]:
-    """Temporarily set ``product_order`` (e.g. 'qk_first') on every module that has one; None: no change."""
-    modules = [m for m in model.modules() if hasattr(m, "product_order")] if order else []
-    saved = [m.product_order for m in modules]
+def _set_on_every_module(model: nn.Module, attribute: str, value: Optional[str]) -> Iterator[nn.Module]:
+    modules = [m for m in model.modules() if hasattr(m, attribute)] if value else []
+    saved = [getattr(m, attribute) for m in modules]
     for m in modules:
-        m.product_order = order
+        setattr(m, attribute, value)
     try:
         yield model
     finally:
-        for m, value in zip(modules, saved):
-            m.product_order = value
+        for m, old in zip(modules, saved):
+            setattr(m, attribute, old)
+
+
+def product_order(model: nn.Module, order: Optional[str]) -> ContextManager[nn.Module]:
+    """Temporarily set ``product_order`` (e.g. 'qk_first') on every module that has one; None: no change."""
+    return _set_on_every_module(model, "product_order", order)
+
+
+def mask_order(model: nn.Module, order: Optional[str]) -> ContextManager[nn.Module]:
+    """Temporarily set ``mask_order`` (Spike2Former: 'features_first' for the paper's order) where it exists."""
+    return _set_on_every_module(model, "mask_order", order)
 
 
 @contextlib.contextmanager
@@ -269,7 +279,7 @@ def _eval_with_T(model: nn.Module, T: Optional[int]) -> Iterator[None]:
 @torch.no_grad()
 def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Optional[int] = None,
                device: Optional[str] = "meta", product_order_override: Optional[str] = None,
-               **forward_kwargs) -> MacReport:
+               mask_order_override: Optional[str] = None, **forward_kwargs) -> MacReport:
     """MACs of one eval-mode forward of one ``[1, 3, H, W]`` image through a spikezoo model.
 
     :param image_size: (H, W) of the input (the model pads it to its size divisor).
@@ -278,6 +288,8 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
         forward on a zero image on the model's own device.
     :param product_order_override: run attention in this order (see ``PRODUCT_ORDERS`` of the
         transformer decoder), e.g. 'qk_first' for the official ``(Q K^T) V``.
+    :param mask_order_override: Spike2Former's ``mask_order``, e.g. 'features_first' for the
+        official mask features conv followed by the mask product.
     :param forward_kwargs: passed to the forward, e.g. ``all_layers=True`` for all 7 predictions.
 
     The model's train/eval flags, ``T`` and product orders are restored afterwards, and its
@@ -286,7 +298,8 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     height, width = image_size
     counter = _Counter(model)
     try:
-        with _eval_with_T(model, T), product_order(model, product_order_override):
+        with _eval_with_T(model, T), product_order(model, product_order_override), \
+                mask_order(model, mask_order_override):
             time_steps = getattr(model, "T", 1)
             if device is None:
                 reference = next(model.parameters())

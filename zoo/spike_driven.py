@@ -71,6 +71,8 @@ from spikingjelly.activation_based import neuron as sj_neuron
 
 from neurons.nilif import NILIFNode
 
+from .complexity import mask_order
+
 __all__ = ["SpikeTensor", "SynapseRow", "SpikeDrivenStats", "spike_driven_mode", "spike_driven_forward",
            "register_spike_source", "spike_source_of"]
 
@@ -406,12 +408,15 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
     output is the integer model's output. The model is restored on exit (also on
     error). Counts accumulate over every forward inside the block.
     """
+    stack = contextlib.ExitStack()
     if id(model) in _ACTIVE:
         raise RuntimeError("spike_driven_mode is already active on this model")
     stats = SpikeDrivenStats()
     handles, patched = [], []
     _ACTIVE.add(id(model))
     try:
+        # the layers as the paper defines them (Spike2Former's mask-feature conv runs on its spikes)
+        stack.enter_context(mask_order(model, "features_first"))
         for name, module in model.named_modules():
             if spike_source_of(module) is not None:
                 handles.append(module.register_forward_hook(_neuron_hook(name)))
@@ -426,6 +431,7 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
             handle.remove()
         for module in patched:
             module.__dict__.pop("forward", None)
+        stack.close()
         _ACTIVE.discard(id(model))
 
 

@@ -322,6 +322,10 @@ class SpikePixelDecoder(nn.Module):
         mask_features = Conv1x1(SN(y2))                                    # bias, no BN
         return mask_features, [y16, y8, y4]
 
+    ``forward(features, project_mask_features=False)`` returns ``SN(y2)`` in place of
+    the mask features, for a caller that applies ``mask_feature.conv`` itself
+    (the SDME associates it with the mask embeddings at inference).
+
     Laterals and projections have biases; depth-wise output convs do not.
     ``neuron=None`` uses ``neuron_factory("nilif")`` (D=4), or the released
     code's neuron (D=8, no leak) when ``official=True``.
@@ -379,7 +383,7 @@ class SpikePixelDecoder(nn.Module):
                        *self.output_convs, self.mask_feature):
             caffe2_xavier_(module.conv)
 
-    def forward(self, features: Sequence[torch.Tensor]
+    def forward(self, features: Sequence[torch.Tensor], project_mask_features: bool = True
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         if len(features) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(features)}")
@@ -400,6 +404,8 @@ class SpikePixelDecoder(nn.Module):
             # added in place into the fresh upsampled map: one map fewer alive at the widest level
             y = self.output_convs[i](up.unflatten(0, lateral.shape[:2]).add_(lateral))
             outs.append(y)
+        if not project_mask_features:
+            return self.mask_feature.spike(y), outs[:3]
         return self.mask_feature(y), outs[:3]
 
 

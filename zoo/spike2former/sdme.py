@@ -10,6 +10,11 @@ layer's output) and real-valued mask features ``P`` ``[T, B, C, H, W]``::
     e       = alpha * SN(m + w * BN_Q(Conv1d_{Q->Q}(s)))      (ME-Shortcut; the conv mixes QUERIES)
     masks   = mean_T  einsum('qc,chw->qhw', e, P)             [L, B, Q, H, W]
 
+The pixel decoder makes ``P = W x + b`` with a 1x1 conv of its last spikes ``x``; given
+that conv as ``feature_projection`` (and ``x`` in place of ``P``), the product is
+associated the other way, ``masks = (e W) x + e b``: the same numbers up to rounding,
+without the C x C x H x W conv when ``L Q < C`` (inference: L = 1, Q = 100, C = 256).
+
 Ablations (paper Table 3): ``me_shortcut=False`` gives the vanilla ``e = alpha * SN(m)``;
 ``shortcut_conv=False`` keeps the shortcut without its conv, ``e = alpha * SN(m + w * s)``.
 
@@ -31,7 +36,8 @@ __all__ = ["MaskEmbeddingMLP", "SDME", "convert_official_sdme", "mask_product"]
 
 
 class _MaskProduct(torch.autograd.Function):
-    """``masks[l,b,q] = (1/T) sum_t e[t,l,b,q] . P[t,b]``; backward skips queries whose mask gradient is zero.
+    """``masks[l,b,q] = (1/T) sum_t e[t,l,b,q] . P[t,b] + offset[l,b,q]``; backward skips queries whose
+    mask gradient is zero.
 
     In training only the queries matched to a ground-truth mask receive a mask loss
     (about 10-20 of 100 per image and state), so most rows of the incoming gradient
@@ -41,11 +47,13 @@ class _MaskProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, embedding, features):
+    def forward(ctx, embedding, features, offset):
         ctx.save_for_backward(embedding, features)
         # summing over t and c at once = mean over T of the per-step mask logits
         masks = torch.einsum("tlbqc,tbchw->lbqhw", embedding, features)
-        return masks if embedding.shape[0] == 1 else masks.div_(embedding.shape[0])
+        if embedding.shape[0] > 1:
+            masks.div_(embedding.shape[0])
+        return masks if offset is None else masks.add_(offset[..., None, None])
 
     @staticmethod
     def backward(ctx, grad):
@@ -55,6 +63,7 @@ class _MaskProduct(torch.autograd.Function):
         nonzero = grad_rows.abs().amax(-1) > 0  # [L, B, Q]
         grad_embedding = torch.zeros_like(embedding) if ctx.needs_input_grad[0] else None
         grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
+        grad_offset = grad_rows.sum(-1) if ctx.needs_input_grad[2] else None
         for b in range(batch):
             layer_idx, query_idx = nonzero[:, b].nonzero(as_tuple=True)
             if layer_idx.numel() == 0:
@@ -67,15 +76,17 @@ class _MaskProduct(torch.autograd.Function):
             if grad_features is not None:
                 selected = embedding[:, layer_idx, b, query_idx].to(features.dtype)  # [T, n, C]
                 grad_features[:, b] = torch.matmul(selected.transpose(1, 2), rows).view_as(features[:, b])
-        return grad_embedding, grad_features
+        return grad_embedding, grad_features, grad_offset
 
 
-def mask_product(embedding: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Mask logits ``[L, B, Q, H, W]`` = mean over T of ``einsum('lbqc,bchw->lbqhw')`` per step.
+def mask_product(embedding: torch.Tensor, features: torch.Tensor, offset: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
+    """Mask logits ``[L, B, Q, H, W]`` = mean over T of ``einsum('lbqc,bchw->lbqhw')`` per step (+ ``offset``).
 
-    ``embedding``: mask embeddings ``[T, L, B, Q, C]``; ``features``: mask features ``[T, B, C, H, W]``.
+    ``embedding``: mask embeddings ``[T, L, B, Q, C]``; ``features``: mask features ``[T, B, C, H, W]``;
+    ``offset``: ``[L, B, Q]``, added to every pixel of each mask.
     """
-    return _MaskProduct.apply(embedding, features)
+    return _MaskProduct.apply(embedding, features, offset)
 
 
 class MaskEmbeddingMLP(nn.Module):
@@ -149,8 +160,10 @@ class SDME(nn.Module):
             embedding = embedding + self.shortcut_weight * shortcut
         return self.alpha * self.embed_spike(embedding)
 
-    def forward(self, query_states: torch.Tensor, mask_features: torch.Tensor,
-                last_only: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query_states: torch.Tensor, mask_features: torch.Tensor, last_only: bool = False,
+                feature_projection: Optional[nn.Conv2d] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``feature_projection``: the 1x1 conv that would make ``mask_features`` from the given
+        tensor; it is then applied to the embeddings instead (``(e W) x + e b``, see the module doc)."""
         if query_states.dim() != 5 or query_states.shape[3] != self.num_queries:
             raise ValueError(f"query_states must be [L, T, B, {self.num_queries}, C], "
                              f"got {tuple(query_states.shape)}")
@@ -163,8 +176,16 @@ class SDME(nn.Module):
         s = self.alpha * self.query_spike(torch.sigmoid(query_states).transpose(0, 1))
         class_logits = self.class_embed(s).mean(0)
         embedding = self.mask_embedding(s)
-        mask_logits = mask_product(embedding, mask_features)
-        return class_logits, mask_logits
+        if feature_projection is None:
+            return class_logits, mask_product(embedding, mask_features)
+        weight, bias = feature_projection.weight.flatten(1), feature_projection.bias  # [C, C_in], [C]
+        offset = None if bias is None else (embedding @ bias.to(embedding.dtype)).mean(0)  # [L, B, Q]
+        return class_logits, mask_product(embedding @ weight.to(embedding.dtype), mask_features, offset)
+
+    @staticmethod
+    def projection_first_is_cheaper(states: int, queries: int, channels: int, in_channels: int) -> bool:
+        """Whether ``(e W) x`` costs fewer multiply-adds per pixel than ``e (W x)`` for ``states`` states."""
+        return states * queries * in_channels < channels * in_channels + states * queries * channels
 
 
 _OFFICIAL_SDME_KEY = re.compile(r"(cls_embed|mask_embed|shortcut_conv\.[01]|w)(\..+)?")
