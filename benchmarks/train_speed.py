@@ -14,7 +14,9 @@ Rows (cumulative):
 - + fused mask losses (recipes.losses.matched_mask_losses: gradients formed in forward);
 - + mask product skipping zero gradient rows (zoo.spike2former.sdme.mask_product);
 - + unread final neuron states dropped (SegmentationModel.keep_neuron_states = False);
-- + spikes saved for backward as uint8 counts (neurons.saved_spikes; the default).
+- + spikes saved for backward as uint8 counts (neurons.saved_spikes);
+- + the mask product associated as (e W) x + e b (Spike2Former.mask_order = 'auto'; the default):
+  no 256 x 256 mask-feature conv at 1/2 scale, forward or backward, and no 1/2-scale map saved for it.
 
 Target (issue 4) for spike2former_ade20k at 512x512, batch 1, 2 threads: at most 4.7 s per
 step and 3.4 GB peak RSS. glibc's default malloc settings are used, as in `python -m recipes`.
@@ -52,6 +54,7 @@ class Setting:
     sparse_mask_product: bool
     drop_final_states: bool
     compact_spikes: bool
+    mask_order: str = "features_first"
 
 
 SETTINGS = [
@@ -59,7 +62,8 @@ SETTINGS = [
     Setting("+ fused mask losses", True, False, False, False),
     Setting("+ mask product skips zero rows", True, True, False, False),
     Setting("+ final neuron states dropped", True, True, True, False),
-    Setting("+ spikes saved as uint8 (default)", True, True, True, True),
+    Setting("+ spikes saved as uint8", True, True, True, True),
+    Setting("+ (e W) x mask product (default)", True, True, True, True, "auto"),
 ]
 
 
@@ -85,6 +89,8 @@ def measure(args, setting: Setting) -> dict:
     model = zoo.create(args.model).train()
     model.keep_neuron_states = not setting.drop_final_states
     model.compact_saved_spikes = setting.compact_spikes
+    if hasattr(model, "mask_order"):
+        model.mask_order = setting.mask_order
     num_classes = model.pretrained_cfg.num_classes
     if hasattr(model, "sdme"):
         criterion = SetCriterion(num_classes, HungarianMatcher(cost_class=MASK_LOSS["class_weight"],
