@@ -1,4 +1,4 @@
-r"""Spikes saved for backward as 1-byte counts.
+r"""Tensors saved for backward, kept small: spikes as 1-byte counts, cheap layer outputs recomputed.
 
 Training keeps, for backward, the input of every layer fed by a neuron: a tensor of
 normalised counts ``S = k / norm`` with integer ``k`` in ``0..D``, stored as 4-byte
@@ -19,6 +19,16 @@ marked output that is still alive, has its dtype, and has not been modified in
 place since the neuron wrote it (version counter). Anything else is saved as usual.
 A tensor saved several times (the input of the Q, K and V projections) is compacted
 once. Backward may run after the context has exited.
+
+``recompute_macs_per_output=N`` (N > 0) also drops the outputs of cheap layers that
+autograd saves -- a BatchNorm's input is the output of the conv before it -- when the
+layer costs at most N multiply-adds per output element (depth-wise convs: k x k;
+1x1 convs and Linear layers: their input width) and its weight is trained (so that
+the layer saves its own input anyway). Such a tensor is stored as the layer and its
+input (the input's compact form, shared with the layer's own saved copy) and
+recomputed by the same functional call when backward reads it: same input, weights
+and autocast state, hence the same values. A weight changed in place between
+forward and backward makes backward fail with an error instead of using stale values.
 """
 from __future__ import annotations
 
@@ -29,11 +39,15 @@ from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from .nilif import NILIFNode
 
-__all__ = ["compact_saved_spikes", "count_norm", "CompactionStats"]
+__all__ = ["compact_saved_spikes", "count_norm", "macs_per_output", "CompactionStats"]
+
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_CHUNK = 1 << 20  # elements converted to counts at a time (4 MB of float32)
 
 
 def count_norm(module: nn.Module) -> Optional[float]:
@@ -43,6 +57,16 @@ def count_norm(module: nn.Module) -> Optional[float]:
     if isinstance(module, sj_neuron.BaseNode):
         return 1.0
     return None
+
+
+def macs_per_output(layer: nn.Module) -> int:
+    """Multiply-adds per output element of a Conv1d/Conv2d/Linear layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    kernel = 1
+    for k in layer.kernel_size:
+        kernel *= k
+    return layer.in_channels // layer.groups * kernel
 
 
 class _Mark(NamedTuple):
@@ -58,18 +82,55 @@ class _Packed(NamedTuple):
     dtype: torch.dtype
 
 
+class _LayerMark(NamedTuple):
+    output: "weakref.ReferenceType[torch.Tensor]"
+    version: int
+    layer: nn.Module
+    input: object  # what pack() makes of the layer's input (spike counts, a recipe, or the tensor)
+    input_version: int
+    weight_version: int
+    autocast: Optional[Tuple[str, torch.dtype]]
+
+
+class _Recompute(NamedTuple):
+    layer: nn.Module
+    input: object  # what pack() made of the layer's input
+    input_version: int  # checked when the input is kept as it is
+    weight_version: int
+    autocast: Optional[Tuple[str, torch.dtype]]
+    geometry: Tuple[Tuple[int, ...], Tuple[int, ...], int]  # the saved view: shape, stride, offset
+    output_stride: Tuple[int, ...]
+
+
 @dataclass
 class CompactionStats:
-    """What :func:`compact_saved_spikes` stored: distinct tensors, their bytes as floats and as counts."""
+    """What :func:`compact_saved_spikes` stored: distinct spike tensors, their bytes as floats and as
+    counts; layer outputs left to recompute and their bytes."""
     tensors: int = 0
     original_bytes: int = 0
     stored_bytes: int = 0
+    recomputed: int = 0
+    recomputed_bytes: int = 0
+
+
+def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
+    if torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight, layer.bias)
+    return layer._conv_forward(x, layer.weight, layer.bias)
 
 
 @contextlib.contextmanager
-def compact_saved_spikes(model: nn.Module) -> Iterator[CompactionStats]:
-    """Store the model's neuron outputs that autograd saves for backward as uint8 counts."""
+def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -> Iterator[CompactionStats]:
+    """Store the model's neuron outputs that autograd saves for backward as uint8 counts, and
+    recompute saved outputs of layers with at most ``recompute_macs_per_output`` MACs per element."""
     marks: Dict[int, _Mark] = {}
+    layer_marks: Dict[int, _LayerMark] = {}
     stats = CompactionStats()
 
     def mark_output(norm: float):
@@ -79,29 +140,105 @@ def compact_saved_spikes(model: nn.Module) -> Iterator[CompactionStats]:
                 marks[output.untyped_storage().data_ptr()] = mark
         return hook
 
-    def pack(t: torch.Tensor):
-        mark = marks.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+    def mark_layer_output(module, inputs, output):
+        x = inputs[0] if inputs else None
+        if (isinstance(output, torch.Tensor) and output.requires_grad and isinstance(x, torch.Tensor)
+                and module.weight.requires_grad and output.layout == torch.strided):
+            # the layer saves its input itself (its weight is trained): holding it here costs nothing
+            layer_marks[output.untyped_storage().data_ptr()] = _LayerMark(
+                weakref.ref(output), output._version, module, recipe_or_counts(x), x._version,
+                module.weight._version, _autocast_state(output.device.type))
+
+    def pack_spikes(t: torch.Tensor):
+        mark = marks.get(t.untyped_storage().data_ptr())
         if mark is None:
-            return t
+            return None
         output = mark.output()
         if output is None or output._version != mark.version or output.dtype != t.dtype:
-            return t
+            return None
         key = (t.storage_offset(), tuple(t.shape), t.stride())
         if key not in mark.packed:
-            counts = torch.round(t.detach() * mark.norm).to(torch.uint8)
+            counts = to_counts(t.detach(), mark.norm)
             mark.packed[key] = _Packed(counts, mark.norm, t.dtype)
             stats.tensors += 1
             stats.original_bytes += t.numel() * t.element_size()
             stats.stored_bytes += counts.numel()
         return mark.packed[key]
 
+    scratch: Dict[Tuple, torch.Tensor] = {}
+
+    def to_counts(t: torch.Tensor, norm: float) -> torch.Tensor:
+        """``round(t * norm)`` as uint8, through a small reused float buffer: no full-size temporaries."""
+        if not t.is_contiguous():
+            return torch.round(t * norm).to(torch.uint8)
+        flat = t.view(-1)
+        counts = torch.empty(flat.shape, dtype=torch.uint8, device=t.device)
+        key = (t.device, t.dtype)
+        if key not in scratch:
+            scratch[key] = torch.empty(_CHUNK, dtype=t.dtype, device=t.device)
+        buffer = scratch[key]
+        for start in range(0, flat.numel(), _CHUNK):
+            part = flat[start:start + _CHUNK]
+            work = buffer[:part.numel()]
+            torch.mul(part, norm, out=work).round_()
+            counts[start:start + _CHUNK].copy_(work)
+        return counts.view(t.shape)
+
+    def pack_layer_output(t: torch.Tensor):
+        mark = layer_marks.get(t.untyped_storage().data_ptr())
+        if mark is None:
+            return None
+        output = mark.output()
+        if (output is None or output._version != mark.version or output.dtype != t.dtype
+                or mark.layer.weight._version != mark.weight_version):
+            return None
+        return _Recompute(mark.layer, mark.input, mark.input_version, mark.weight_version, mark.autocast,
+                          (tuple(t.shape), t.stride(), t.storage_offset() - output.storage_offset()),
+                          output.stride())
+
+    def recipe_or_counts(t: torch.Tensor):
+        if t.layout != torch.strided:
+            return t
+        packed = pack_spikes(t)
+        if packed is None and layer_marks:
+            packed = pack_layer_output(t)
+        return t if packed is None else packed
+
+    def pack(t: torch.Tensor):
+        packed = recipe_or_counts(t)
+        if isinstance(packed, _Recompute):
+            stats.recomputed += 1
+            stats.recomputed_bytes += t.numel() * t.element_size()
+        return packed
+
     def unpack(saved):
-        if not isinstance(saved, _Packed):
-            return saved
-        return saved.counts.to(torch.float32).div_(saved.norm).to(saved.dtype)
+        if isinstance(saved, _Packed):
+            return saved.counts.to(torch.float32).div_(saved.norm).to(saved.dtype)
+        if isinstance(saved, _Recompute):
+            layer = saved.layer
+            stale = layer.weight._version != saved.weight_version or (
+                isinstance(saved.input, torch.Tensor) and saved.input._version != saved.input_version)
+            if stale:
+                raise RuntimeError(f"the weight or input of {layer} was modified in place between forward and "
+                                   "backward; its output, dropped to save memory, cannot be recomputed (turn "
+                                   "recomputation off: model.recompute_macs_per_output = 0)")
+            x = unpack(saved.input)
+            autocast = (torch.autocast(saved.autocast[0], dtype=saved.autocast[1]) if saved.autocast
+                        else contextlib.nullcontext())
+            with torch.no_grad(), autocast:
+                output = _layer_forward(layer, x)
+            if output.stride() != saved.output_stride:
+                raise RuntimeError(f"recomputing {layer} gave strides {output.stride()}, "
+                                   f"forward gave {saved.output_stride}")
+            shape, stride, offset = saved.geometry
+            return output.as_strided(shape, stride, output.storage_offset() + offset)
+        return saved
 
     handles = [module.register_forward_hook(mark_output(norm)) for module in model.modules()
                if (norm := count_norm(module)) is not None]
+    if recompute_macs_per_output > 0:
+        handles += [module.register_forward_hook(mark_layer_output) for module in model.modules()
+                    if isinstance(module, _LAYERS) and macs_per_output(module) <= recompute_macs_per_output]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield stats

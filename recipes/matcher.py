@@ -96,16 +96,18 @@ class HungarianMatcher:
         logits = mask_logits.float().flatten(1)                           # [Q, P]
         gt = downsample_masks(masks.to(logits.device), size).flatten(1)  # [N, P]
         prob = logits.sigmoid()
-        # focal cost (binary): pixel-wise cost if the pixel were positive / negative
-        pos = -(prob + self.eps).log() * self.focal_alpha * (1 - prob).pow(self.focal_gamma)
-        neg = -(1 - prob + self.eps).log() * (1 - self.focal_alpha) * prob.pow(self.focal_gamma)
+        # focal cost (binary): pixel-wise cost if the pixel were positive / negative; [Q, P] maps
+        # are formed in place (each is 26 MB per state at 512x512, 7 states per image)
+        pos = (prob + self.eps).log_().mul_(-self.focal_alpha).mul_(torch.sub(1, prob).pow_(self.focal_gamma))
+        neg = torch.sub(1, prob).add_(self.eps).log_().mul_(self.focal_alpha - 1).mul_(prob.pow(self.focal_gamma))
         if valid is not None:
             keep = downsample_masks(valid.to(logits.device)[None], size).flatten(1)  # [1, P]
-            gt, neg_total, prob = gt * keep, (neg * keep).sum(-1), prob * keep
+            gt, neg_total, prob = gt * keep, (neg * keep).sum(-1), prob.mul_(keep)
         else:
             neg_total = neg.sum(-1)
         # pos @ gt^T + neg @ (valid - gt)^T, with one matrix product
-        focal = ((pos - neg) @ gt.T + neg_total[:, None]) / num_pixels
+        focal = (pos.sub_(neg) @ gt.T + neg_total[:, None]) / num_pixels
+        del pos, neg
         # dice cost (naive, on sigmoid probabilities)
         numerator = 2 * prob @ gt.T
         denominator = prob.sum(-1)[:, None] + gt.sum(-1)[None, :]

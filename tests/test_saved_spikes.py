@@ -53,6 +53,22 @@ def test_hand_network_compacts_exactly_the_spike_input(neuron):
         assert torch.equal(a, b)
 
 
+def test_counts_are_converted_chunk_by_chunk(monkeypatch):
+    """Spike tensors larger than the conversion buffer (here 7 elements) are converted in pieces."""
+    import neurons.saved_spikes as saved_spikes
+    monkeypatch.setattr(saved_spikes, "_CHUNK", 7)
+    torch.manual_seed(0)
+    model = SpikeThenLinear(NILIFNode(D=3))
+    with torch.no_grad():
+        model.fc1.weight.mul_(4)
+    x = torch.randn(6, 3)  # 30 spikes: 4 full chunks and a partial one
+    plain, _ = gradients(model, x, compact=False)
+    compact, stats = gradients(model, x, compact=True)
+    assert stats.tensors == 1 and stats.stored_bytes == 30
+    for a, b in zip(plain, compact):
+        assert torch.equal(a, b)
+
+
 def test_spikes_modified_in_place_are_not_compacted():
     torch.manual_seed(1)
     model = SpikeThenLinear(NILIFNode(D=4), scale_in_place=True)
@@ -108,3 +124,54 @@ def test_models_compact_in_training_only():
         model(images)
     model.eval()(images)
     assert calls[0] == "_GeneratorContextManager" and calls[1:] == ["nullcontext", "nullcontext"]
+
+
+class SpikeSepConvBN(nn.Module):
+    """neuron -> depth-wise 3x3 -> 1x1 -> BN -> neuron -> 1x1: the 1x1 saves the depth-wise output and
+    the BN the first 1x1's output, both outputs of cheap layers (9 and 4 MACs per element)."""
+
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.spike1, self.spike2 = NILIFNode(D=4), NILIFNode(D=4)
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.pw = nn.Conv2d(channels, channels, 1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.head = nn.Conv2d(channels, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.spike2(self.bn(self.pw(self.dw(self.spike1(x))))))
+
+
+def conv_bn_gradients(model, x, recompute: int, autocast: bool = False):
+    model.zero_grad(set_to_none=True)
+    functional.reset_net(model)
+    with compact_saved_spikes(model, recompute) as stats, torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out = model(x * 3)
+    (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return [p.grad for p in model.parameters()], stats
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+def test_cheap_layer_outputs_are_recomputed_with_identical_gradients(autocast):
+    torch.manual_seed(4)
+    model = SpikeSepConvBN().train()
+    x = torch.randn(2, 4, 8, 8)
+    kept, kept_stats = conv_bn_gradients(model, x, 0, autocast)
+    recomputed, stats = conv_bn_gradients(model, x, 9, autocast)
+    assert kept_stats.recomputed == 0 and stats.recomputed == 2
+    assert stats.recomputed_bytes == 2 * (2 * 4 * 8 * 8) * (2 if autocast else 4)  # bf16 under autocast
+    assert all(float(g.abs().sum()) > 0 for g in kept)
+    for a, b in zip(kept, recomputed):
+        assert torch.equal(a, b)
+    _, too_expensive = conv_bn_gradients(model, x, 3, autocast)
+    assert too_expensive.recomputed == 0
+
+
+def test_recomputing_after_the_weight_changed_fails_loudly():
+    model = SpikeSepConvBN().train()
+    with compact_saved_spikes(model, 64):
+        out = model(torch.randn(2, 4, 8, 8) * 3)
+    with torch.no_grad():
+        model.dw.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
