@@ -23,12 +23,24 @@ Rows (cumulative):
 As in the training engine, the model's outputs are not kept alive through backward.
 
 Target (issue 4) for spike2former_ade20k at 512x512, batch 1, 2 threads: at most 4.7 s per
-step and 3.4 GB peak RSS. glibc's default malloc settings are used, as in `python -m recipes`.
+step and 3.4 GB peak RSS. glibc's default malloc settings are used, as in `python -m recipes`,
+unless ``--allocator`` says otherwise (for every row):
+
+- ``glibc``: the defaults. Buffers of 32 MB or more are mmapped and returned when freed, so each
+  use of one page-faults afresh (on this VM, filling a fresh 64 MB buffer costs 5-20x a reused one).
+- ``glibc-reuse``: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16G``: everything comes from the heap
+  and freed memory is kept for reuse (faster, more RSS).
+- ``jemalloc``: ``LD_PRELOAD`` of the system's libjemalloc with ``MALLOC_CONF=dirty_decay_ms:-1,
+  muzzy_decay_ms:-1`` (freed pages kept for reuse; jemalloc's size classes fragment less).
+
+``--recompute N`` sets the last row's ``recompute_macs_per_output`` (default 64).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import dataclasses
+import glob
 import json
 import os
 import statistics
@@ -141,6 +153,19 @@ def measure(args, setting: Setting) -> dict:
             "loss": first_loss}
 
 
+def allocator_env(name: str) -> dict:
+    if name == "glibc":
+        return {}
+    if name == "glibc-reuse":
+        return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+    found = ctypes.util.find_library("jemalloc")
+    paths = glob.glob("/usr/lib/*/libjemalloc.so*") + glob.glob("/usr/lib/libjemalloc.so*")
+    path = paths[0] if paths else found
+    if not path:
+        raise SystemExit("--allocator jemalloc: libjemalloc not found (Debian/Ubuntu: apt install libjemalloc2)")
+    return {"LD_PRELOAD": path, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spike2former_ade20k")
@@ -149,6 +174,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only-default", action="store_true", help="measure the default path only")
+    parser.add_argument("--allocator", choices=["glibc", "glibc-reuse", "jemalloc"], default="glibc")
+    parser.add_argument("--recompute", type=int, default=64, help="the last row's recompute_macs_per_output")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,7 +183,11 @@ def main():
         print(json.dumps(measure(args, Setting(**json.loads(args.child)))))
         return
 
-    settings = SETTINGS[-1:] if args.only_default else SETTINGS
+    settings = SETTINGS[-1:] if args.only_default else list(SETTINGS)
+    if args.recompute != settings[-1].recompute_macs_per_output:
+        settings[-1] = dataclasses.replace(settings[-1], name=f"+ outputs of layers <= {args.recompute} MACs/element "
+                                           "recomputed", recompute_macs_per_output=args.recompute)
+    env = {**os.environ, **allocator_env(args.allocator)}
     results, grads = [], []
     load_before = os.getloadavg()[0]
     for i, setting in enumerate(settings):
@@ -164,13 +195,13 @@ def main():
         command = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(setting)), "--save-to", save_to,
                    "--model", args.model, "--size", str(args.size), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--threads", str(args.threads)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         grads.append(torch.load(save_to))
         os.remove(save_to)
 
     print(f"{args.model}, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, torch "
-          f"{torch.__version__}, glibc malloc defaults, median of {args.steps} steps after a warm-up; "
+          f"{torch.__version__}, allocator {args.allocator}, median of {args.steps} steps after a warm-up; "
           f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     header = ["setting", "forward+loss s", "backward s", "optimizer s", "step s", "peak RSS GB",
               "step: baseline / this", "RSS: baseline / this", "loss rel. diff", "grad rel. diff"]
