@@ -107,6 +107,11 @@ def align_to_label(logits: torch.Tensor, label_size: Tuple[int, int], stride: Op
     return out.reshape(*lead, *out.shape[-2:])
 
 
+def _per_mask_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum((1, 2))`` for [M, H, W] maps (a batched matrix-vector product is slower here)."""
+    return (a * b).sum((1, 2))
+
+
 class _MatchedMaskLosses(torch.autograd.Function):
     """Per-mask focal sums and dice losses of upsampled logits; gradients formed in forward.
 
@@ -121,38 +126,43 @@ class _MatchedMaskLosses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, gt, valid, alpha, gamma, eps):
+        # With t in {0, 1} flip = 1 - 2t and s = flip * x, every term is a function of s:
+        # q = 1 - p_t = sigmoid(s), ce = -log(p_t) = softplus(s), p = t + flip q, p (1 - p) = q (1 - q).
+        # Using t v (not t) in flip changes nothing where v = 0, since every term is multiplied by v.
         size = tuple(gt.shape[-2:])
         chunk = max(1, (1 << 22) // (size[0] * size[1]))  # ~16 MB per full-resolution temporary
-        focal_sums, dice, focal_jac, dice_jac = [], [], [], []
+        focal_sums, dice, jacobians = [], [], []
         for start in range(0, logits.shape[0], chunk):
             low = logits[start:start + chunk]
             x = F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            target = gt[start:start + chunk]
             v = valid[start:start + chunk].to(x.dtype)
-            t = target.to(x.dtype) * v
-            p = torch.sigmoid(x)
-            ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-            p_t = torch.where(target, p, 1 - p)
-            q = 1 - p_t
-            q_pow = q.pow(gamma)
-            alpha_t = torch.where(target, alpha, 1 - alpha)
-            focal_sums.append((alpha_t * q_pow * ce * v).sum((1, 2)))
-            # d focal / dx = -sign(t) alpha_t q^gamma (gamma p_t ce + q), sign(t) = +1 for t = 1, -1 for t = 0
-            signed_alpha = torch.where(target, -alpha, 1 - alpha)
-            d_focal = signed_alpha * q_pow * (gamma * p_t * ce + q) * v
-            # dice = 1 - N / S with N = 2 sum(p t v) + eps, S = sum(p v) + sum(t v) + eps:
-            # d dice / dp = v (N - 2 t S) / S^2
-            pv = p * v
-            numerator = 2 * (pv * t).sum((1, 2)) + eps
-            denominator = pv.sum((1, 2)) + t.sum((1, 2)) + eps
+            tv = (gt[start:start + chunk] & valid[start:start + chunk]).to(x.dtype)
+            flip = torch.mul(tv, -2.0).add_(1.0)
+            s = x.mul_(flip)
+            q = torch.sigmoid(s)
+            ce = F.softplus(s)
+            # alpha_t v q^gamma, alpha_t = alpha for t = 1, 1 - alpha for t = 0
+            weight = torch.mul(v, 1.0 - alpha).add_(tv, alpha=2.0 * alpha - 1.0)
+            weight.mul_(q.square() if gamma == 2.0 else q.pow(gamma))
+            focal_sums.append(_per_mask_dot(weight, ce))
+            pair = torch.empty((low.shape[0], 2, *size), dtype=x.dtype, device=x.device)
+            # d focal / dx = flip alpha_t v q^gamma (gamma (1 - q) ce + q)
+            d_focal = torch.sub(1.0, q, out=pair[:, 0]).mul_(ce).mul_(gamma).add_(q).mul_(weight).mul_(flip)
+            del ce, weight
+            # dice = 1 - N / S with N = 2 sum(p t v) + eps, S = sum(p v) + sum(t v) + eps;
+            # d dice / dx = (N v - 2 S t v) q (1 - q) / S^2
+            p = torch.mul(flip, q).add_(tv)
+            numerator = 2 * _per_mask_dot(p, tv) + eps
+            denominator = _per_mask_dot(p, v) + tv.sum((1, 2)) + eps
             dice.append(1 - numerator / denominator)
-            d_dice = (numerator[:, None, None] - 2 * t * denominator[:, None, None]) * v
-            d_dice *= (p * (1 - p)) / denominator.square()[:, None, None]
-            pulled = torch.ops.aten.upsample_bilinear2d_backward(
-                torch.stack([d_focal, d_dice], 1), size, [low.shape[0], 2, *low.shape[-2:]], False)
-            focal_jac.append(pulled[:, 0])
-            dice_jac.append(pulled[:, 1])
-        ctx.save_for_backward(torch.cat(focal_jac), torch.cat(dice_jac))
+            d_dice = torch.mul(v, numerator[:, None, None], out=pair[:, 1])
+            d_dice.add_(tv * (-2.0 * denominator)[:, None, None])
+            d_dice.mul_(q).mul_(q.sub_(1.0).neg_()).div_(denominator.square()[:, None, None])
+            del d_focal, p, q, flip
+            jacobians.append(torch.ops.aten.upsample_bilinear2d_backward(
+                pair, size, [low.shape[0], 2, *low.shape[-2:]], False))
+        jacobians = torch.cat(jacobians)
+        ctx.save_for_backward(jacobians[:, 0], jacobians[:, 1])
         return torch.cat(focal_sums), torch.cat(dice)
 
     @staticmethod
