@@ -13,7 +13,7 @@ from zoo.registry import get_pretrained_cfg
 OFFICIAL_KEYS = conftest.OFFICIAL_KEYS
 
 SEGMENTORS = conftest.segmentors()
-TAGGED = sorted({cfg for n in SEGMENTORS for cfg in [f"{n}.{t}" for t in zoo.registry._REGISTRY[n].cfgs]})
+TAGGED = sorted(f"{n}.{t}" for n in SEGMENTORS for t in zoo.list_tags(n))
 
 
 

@@ -66,6 +66,10 @@ def test_names_tags_and_listing(tiny_registry):
     assert zoo.list_pretrained() == ["tiny_seg.a"]
     assert zoo.get_pretrained_cfg("tiny_seg").name == "tiny_seg.a"  # first tag is the default
     assert zoo.get_pretrained_cfg("tiny_seg.b").num_classes == 5
+    assert zoo.list_tags("tiny_seg") == ["a", "b"] and zoo.list_tags("tiny_seg.b") == ["a", "b"]
+    assert zoo.list_tags("tiny_other") == []  # one untagged config
+    with pytest.raises(KeyError, match="did you mean tiny_seg"):
+        zoo.list_tags("tiny_sge")
     model = zoo.create("tiny_seg.b")
     assert model.head.out_channels == 5 and model.conv.out_channels == 6
     assert model.pretrained_cfg.name == "tiny_seg.b"

@@ -193,5 +193,16 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
+def list_tags(arch: str) -> List[str]:
+    """The tags of an architecture (T x D settings, weight sets), its default first: ``arch.tag`` names them.
+    Empty for an architecture with a single untagged config."""
+    name, _ = split_name(arch)
+    if name not in _REGISTRY:
+        raise _unknown(arch)
+    entry = _REGISTRY[name]
+    tags = sorted(t for t in entry.cfgs if t and t != entry.default_tag)
+    return [entry.default_tag] + tags if entry.default_tag else tags
+
+
 def list_pretrained(pattern: str = "*") -> List[str]:
     return list_models(pattern, pretrained=True)
