@@ -80,7 +80,7 @@ import json
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -89,9 +89,8 @@ from spikingjelly.activation_based import functional
 from torch.overrides import TorchFunctionMode
 
 import zoo
-from zoo.complexity import _Counter, _eval_with_T, _layer_op, mask_order
-from zoo.spike_driven import SYNAPSES, SpikeDrivenStats, _mark_of, _neuron_hook, spike_driven_mode
-from zoo.spike_driven import spike_source_of
+from zoo.complexity import MacCounter, eval_mode_with_time_steps, layer_macs, mask_order
+from zoo.spike_driven import SYNAPSES, SpikeDrivenStats, marking_spikes, spike_driven_mode, spike_mark
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "CONVENTION", "EnergyRow", "EnergyReport", "estimate", "estimate_registered"]
 
@@ -285,7 +284,7 @@ class _SpikeCharges(TorchFunctionMode):
     and take their MACs as the growth of the counter's row during the call.
     """
 
-    def __init__(self, model: nn.Module, dense: _Counter):
+    def __init__(self, model: nn.Module, dense: MacCounter):
         super().__init__()
         self.dense = dense
         self.shares: Dict[Key, _SpikeShare] = {}
@@ -301,14 +300,14 @@ class _SpikeCharges(TorchFunctionMode):
     def _synapse_hook(self, name: str):
         def hook(module, args, output):
             if args:
-                self._charge((name, "conv_linear"), _layer_op(module, output)[1], args[:1])
+                self._charge((name, "conv_linear"), layer_macs(module, output)[1], args[:1])
         return hook
 
     def _charge(self, key: Key, macs: int, operands: Sequence) -> None:
         """Charge ``macs`` as ACs when an operand is spikes: its events x (MACs / its elements), the cheaper one."""
         best = None
         for x in operands:
-            mark = _mark_of(x)
+            mark = spike_mark(x)
             if mark is None:
                 continue
             events = _events(x, mark, key[0])
@@ -369,19 +368,7 @@ def _product_operands(name: str, args) -> Optional[Tuple[torch.Tensor, torch.Ten
     return None
 
 
-@contextlib.contextmanager
-def _marked_spikes(model: nn.Module) -> Iterator[None]:
-    """Mark every spiking neuron's output as spikes (what spike_driven_mode does, without the event expansion)."""
-    handles = [module.register_forward_hook(_neuron_hook(name))
-               for name, module in model.named_modules() if spike_source_of(module) is not None]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _rows(dense: _Counter, charges: _SpikeCharges, images: int,
+def _rows(dense: MacCounter, charges: _SpikeCharges, images: int,
           exact: Optional[SpikeDrivenStats]) -> List[EnergyRow]:
     rows = []
     for key, dense_row in dense.rows.items():
@@ -429,13 +416,13 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
     dense = charges = None
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_eval_with_T(model, T))
+            stack.enter_context(eval_mode_with_time_steps(model, T))
             stack.enter_context(mask_order(model, "features_first"))
             time_steps = getattr(model, "T", None)
             stats = stack.enter_context(spike_driven_mode(model)) if exact else None
             if not exact:
-                stack.enter_context(_marked_spikes(model))
-            dense = _Counter(model)
+                stack.enter_context(marking_spikes(model))
+            dense = MacCounter(model)
             charges = _SpikeCharges(model, dense)
             stack.enter_context(dense)
             stack.enter_context(charges)

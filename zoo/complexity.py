@@ -53,7 +53,7 @@ from .spike2former.sdme import SDME
 from .spike2former.transformer_decoder import SpikeDrivenAttention
 
 __all__ = ["KINDS", "CONVENTIONS", "PRODUCT_KINDS", "LayerMacs", "MacReport", "count_macs",
-           "product_order", "mask_order"]
+           "product_order", "mask_order", "MacCounter", "layer_macs", "eval_mode_with_time_steps"]
 
 KINDS = ("conv_linear", "attention_product", "deformable_sampling", "mask_einsum", "other_product")
 
@@ -154,8 +154,8 @@ def _g(macs: int) -> str:
     return f"{macs / 1e9:.3f}"
 
 
-def _layer_op(module: nn.Module, output: torch.Tensor) -> Tuple[str, int]:
-    """Description and MACs of one Conv/Linear call."""
+def layer_macs(module: nn.Module, output: torch.Tensor) -> Tuple[str, int]:
+    """Description and MACs of one Conv1d/Conv2d/Linear call that produced ``output``."""
     if isinstance(module, nn.Linear):
         return f"Linear {module.in_features}->{module.out_features}", output.numel() * module.in_features
     kernel = 1
@@ -176,8 +176,13 @@ def _matmul_macs(func, args) -> int:
     return batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
 
 
-class _Counter(TorchDispatchMode):
-    """Counts Conv/Linear calls (module hooks) and parameter-free products (ATen dispatch)."""
+class MacCounter(TorchDispatchMode):
+    """Counts Conv/Linear calls (module hooks) and parameter-free products (ATen dispatch).
+
+    ``with MacCounter(model) as counter: model(x)`` fills ``counter.rows``, one :class:`LayerMacs`
+    per (module name, kind), over every forward inside the block; ``counter.remove_hooks()``
+    detaches it from the model. :func:`count_macs` is the one-call form.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -208,7 +213,7 @@ class _Counter(TorchDispatchMode):
         def hook(module, args, output):
             self.stack.pop()
             if isinstance(module, _SYNAPTIC):
-                op, macs = _layer_op(module, output)
+                op, macs = layer_macs(module, output)
                 row = self._row(name, "conv_linear", op)
                 row.calls += 1
                 row.macs += macs
@@ -259,7 +264,8 @@ def mask_order(model: nn.Module, order: Optional[str]) -> ContextManager[nn.Modu
 
 
 @contextlib.contextmanager
-def _eval_with_T(model: nn.Module, T: Optional[int]) -> Iterator[None]:
+def eval_mode_with_time_steps(model: nn.Module, T: Optional[int]) -> Iterator[None]:
+    """Within the block ``model`` is in eval mode and runs ``T`` time steps (None: its own); both restored."""
     modes = {m: m.training for m in model.modules()}
     saved_T = getattr(model, "T", None)
     model.eval()
@@ -296,9 +302,9 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     neurons are reset (a meta forward leaves shape-only membrane states behind).
     """
     height, width = image_size
-    counter = _Counter(model)
+    counter = MacCounter(model)
     try:
-        with _eval_with_T(model, T), product_order(model, product_order_override), \
+        with eval_mode_with_time_steps(model, T), product_order(model, product_order_override), \
                 mask_order(model, mask_order_override):
             time_steps = getattr(model, "T", 1)
             if device is None:

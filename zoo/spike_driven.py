@@ -74,6 +74,7 @@ from neurons.nilif import NILIFNode
 from .complexity import mask_order
 
 __all__ = ["SpikeTensor", "SynapseRow", "SpikeDrivenStats", "spike_driven_mode", "spike_driven_forward",
+           "spike_mark", "marking_spikes",
            "register_spike_source", "spike_source_of"]
 
 SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -176,7 +177,8 @@ class SpikeTensor(torch.Tensor):
         return _wrap(out, *spec)
 
 
-def _mark_of(x) -> Optional[Tuple[float, int, str]]:
+def spike_mark(x) -> Optional[Tuple[float, int, str]]:
+    """``(unit, D, source neuron)`` of a tensor marked as spikes, None for any other value."""
     if isinstance(x, SpikeTensor) and x.unit is not None:
         return x.unit, x.D, x.source
     return None
@@ -185,12 +187,12 @@ def _mark_of(x) -> Optional[Tuple[float, int, str]]:
 def _propagated_mark(func, name, args, kwargs) -> Optional[Tuple[float, int, str]]:
     if func in _DROPOUT:
         training = kwargs.get("training", args[2] if len(args) > 2 else True)
-        return _mark_of(args[0]) if not training else None
+        return spike_mark(args[0]) if not training else None
     if name in _KEEP_SINGLE:
-        return _mark_of(args[0]) if args else None
+        return spike_mark(args[0]) if args else None
     if name in _KEEP_MANY:
         tensors = args[0] if args else kwargs.get("tensors", ())
-        marks = [_mark_of(t) for t in tensors]
+        marks = [spike_mark(t) for t in tensors]
         if not marks or any(m is None for m in marks) or len({m[:2] for m in marks}) != 1:
             return None
         sources = {m[2] for m in marks}
@@ -199,7 +201,7 @@ def _propagated_mark(func, name, args, kwargs) -> Optional[Tuple[float, int, str
         if len(args) != 2 or kwargs:
             return None
         a, b = args
-        mark, number = (_mark_of(a), b) if _mark_of(a) is not None else (_mark_of(b), a)
+        mark, number = (spike_mark(a), b) if spike_mark(a) is not None else (spike_mark(b), a)
         if mark is None or not _is_number(number) or number == 0 or not math.isfinite(number):
             return None
         if name in _DIVIDE:
@@ -372,7 +374,7 @@ def _patched_forward(layer: nn.Module, name: str, stats: SpikeDrivenStats):
     linear = isinstance(layer, nn.Linear)
 
     def forward(x, *args, **kwargs):
-        mark = _mark_of(x)
+        mark = spike_mark(x)
         if args or kwargs:
             reason = "extra forward arguments"
         elif mark is None:
@@ -433,6 +435,19 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
             module.__dict__.pop("forward", None)
         stack.close()
         _ACTIVE.discard(id(model))
+
+
+@contextlib.contextmanager
+def marking_spikes(model: nn.Module) -> Iterator[None]:
+    """Within the block every spiking neuron's output is a :class:`SpikeTensor` (as in
+    :func:`spike_driven_mode`, without running any layer on events)."""
+    handles = [module.register_forward_hook(_neuron_hook(name))
+               for name, module in model.named_modules() if spike_source_of(module) is not None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _neuron_hook(name: str):
