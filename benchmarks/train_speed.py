@@ -158,9 +158,8 @@ def allocator_env(name: str) -> dict:
         return {}
     if name == "glibc-reuse":
         return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-    found = ctypes.util.find_library("jemalloc")
     paths = glob.glob("/usr/lib/*/libjemalloc.so*") + glob.glob("/usr/lib/libjemalloc.so*")
-    path = paths[0] if paths else found
+    path = paths[0] if paths else ctypes.util.find_library("jemalloc")
     if not path:
         raise SystemExit("--allocator jemalloc: libjemalloc not found (Debian/Ubuntu: apt install libjemalloc2)")
     return {"LD_PRELOAD": path, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}

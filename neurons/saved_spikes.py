@@ -33,13 +33,13 @@ forward and backward makes backward fail with an error instead of using stale va
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from .nilif import NILIFNode
@@ -60,13 +60,10 @@ def count_norm(module: nn.Module) -> Optional[float]:
 
 
 def macs_per_output(layer: nn.Module) -> int:
-    """Multiply-adds per output element of a Conv1d/Conv2d/Linear layer."""
+    """Multiply-adds per output element of a Conv1d/Conv2d/Linear layer (its fan-in)."""
     if isinstance(layer, nn.Linear):
         return layer.in_features
-    kernel = 1
-    for k in layer.kernel_size:
-        kernel *= k
-    return layer.in_channels // layer.groups * kernel
+    return layer.in_channels // layer.groups * math.prod(layer.kernel_size)
 
 
 class _Mark(NamedTuple):
@@ -117,12 +114,6 @@ def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
     if torch.is_autocast_enabled(device_type):
         return device_type, torch.get_autocast_dtype(device_type)
     return None
-
-
-def _layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, layer.weight, layer.bias)
-    return layer._conv_forward(x, layer.weight, layer.bias)
 
 
 @contextlib.contextmanager
@@ -226,7 +217,7 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
             autocast = (torch.autocast(saved.autocast[0], dtype=saved.autocast[1]) if saved.autocast
                         else contextlib.nullcontext())
             with torch.no_grad(), autocast:
-                output = _layer_forward(layer, x)
+                output = type(layer).forward(layer, x)  # the class's forward: no module hooks run again
             if output.stride() != saved.output_stride:
                 raise RuntimeError(f"recomputing {layer} gave strides {output.stride()}, "
                                    f"forward gave {saved.output_stride}")

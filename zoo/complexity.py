@@ -48,6 +48,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from neurons.saved_spikes import macs_per_output
+
 from .backbones.meta_spikeformer import SpikeDrivenSelfAttention
 from .spike2former.sdme import SDME
 from .spike2former.transformer_decoder import SpikeDrivenAttention
@@ -156,17 +158,13 @@ def _g(macs: int) -> str:
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> Tuple[str, int]:
     """Description and MACs of one Conv1d/Conv2d/Linear call that produced ``output``."""
+    macs = output.numel() * macs_per_output(module)
     if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}->{module.out_features}", output.numel() * module.in_features
-    kernel = 1
-    for k in module.kernel_size:
-        kernel *= k
-    per_output = module.in_channels // module.groups * kernel
+        return f"Linear {module.in_features}->{module.out_features}", macs
     groups = f", groups {module.groups}" if module.groups > 1 else ""
     stride = f"/{module.stride[0]}" if any(s != 1 for s in module.stride) else ""
     size = "k" + "x".join(map(str, module.kernel_size))
-    return (f"{type(module).__name__} {size}{stride} {module.in_channels}->{module.out_channels}{groups}",
-            output.numel() * per_output)
+    return f"{type(module).__name__} {size}{stride} {module.in_channels}->{module.out_channels}{groups}", macs
 
 
 def _matmul_macs(func, args) -> int:

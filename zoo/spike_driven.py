@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from neurons.nilif import NILIFNode
+from neurons.saved_spikes import macs_per_output
 
 from .complexity import mask_order
 
@@ -301,12 +302,6 @@ class SpikeDrivenStats:
 
 # ------------------------------------------------------------------------------------ synapses on events
 
-def _fan_in(layer: nn.Module) -> int:
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
-    return layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-
-
 _TARGETS_CACHE: Dict[tuple, torch.Tensor] = {}
 
 
@@ -385,12 +380,12 @@ def _patched_forward(layer: nn.Module, name: str, stats: SpikeDrivenStats):
             unit, D, source = mark
             plain = x.plain()
             out, events, acs = _event_forward(layer, plain, unit, D, name)
-            stats._add(name, layer, "spike", events, acs, out.numel() * _fan_in(layer), plain.numel(),
+            stats._add(name, layer, "spike", events, acs, out.numel() * macs_per_output(layer), plain.numel(),
                        unit, D, source)
             return out
         plain = x.plain() if isinstance(x, SpikeTensor) else x
         out = dense_forward(plain, *args, **kwargs)
-        stats._add(name, layer, "dense", None, None, out.numel() * _fan_in(layer), plain.numel(), reason=reason)
+        stats._add(name, layer, "dense", None, None, out.numel() * macs_per_output(layer), plain.numel(), reason=reason)
         return out
 
     return forward
@@ -410,30 +405,26 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
     output is the integer model's output. The model is restored on exit (also on
     error). Counts accumulate over every forward inside the block.
     """
-    stack = contextlib.ExitStack()
     if id(model) in _ACTIVE:
         raise RuntimeError("spike_driven_mode is already active on this model")
     stats = SpikeDrivenStats()
-    handles, patched = [], []
+    patched = []
     _ACTIVE.add(id(model))
     try:
-        # the layers as the paper defines them (Spike2Former's mask-feature conv runs on its spikes)
-        stack.enter_context(mask_order(model, "features_first"))
-        for name, module in model.named_modules():
-            if spike_source_of(module) is not None:
-                handles.append(module.register_forward_hook(_neuron_hook(name)))
-            if isinstance(module, SYNAPSES):
-                if "forward" in module.__dict__:
-                    raise RuntimeError(f"{name!r} already has an instance-level forward")
-                module.forward = _patched_forward(module, name, stats)
-                patched.append(module)
-        yield stats
+        with contextlib.ExitStack() as stack:
+            # the layers as the paper defines them (Spike2Former's mask-feature conv runs on its spikes)
+            stack.enter_context(mask_order(model, "features_first"))
+            stack.enter_context(marking_spikes(model))
+            for name, module in model.named_modules():
+                if isinstance(module, SYNAPSES):
+                    if "forward" in module.__dict__:
+                        raise RuntimeError(f"{name!r} already has an instance-level forward")
+                    module.forward = _patched_forward(module, name, stats)
+                    patched.append(module)
+            yield stats
     finally:
-        for handle in handles:
-            handle.remove()
         for module in patched:
             module.__dict__.pop("forward", None)
-        stack.close()
         _ACTIVE.discard(id(model))
 
 
