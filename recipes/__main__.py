@@ -6,6 +6,11 @@
     python -m recipes eval camvid --weights runs/x/best.pth
     python -m recipes predict --model spike2former_camvid --weights runs/x/best.pth img.png --out pred/
     python -m recipes plot runs/x                                 # training_curve.png / .svg
+
+Bad input (an unknown recipe or model, a bad --set key or value, a missing data folder, a corrupt
+image or label, weights that do not fit, --resume without a checkpoint) ends with one line naming
+the problem and exit status 2, as argparse's own errors do. Training stopped by Ctrl-C or SIGTERM
+saves its checkpoint first and exits with 130 or 143.
 """
 from __future__ import annotations
 
@@ -20,19 +25,42 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from zoo.hub import CheckpointMismatchError, WeightsUnavailableError
+
 from . import config as cfg_lib
+from .datasets import DatasetError
+
+PROG = "python -m recipes"
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as a message with exit status 2, without a traceback."""
+
+
+# What a user's input can make go wrong, reported without a traceback. OSError covers unreadable
+# or missing files and a full disk: their messages name the file.
+_USER_ERRORS = (UsageError, cfg_lib.RecipeError, DatasetError, CheckpointMismatchError, WeightsUnavailableError,
+                OSError, FloatingPointError)
+
+
+def _message(err: BaseException) -> str:
+    # str(KeyError) quotes its message
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
 
 def _load_recipe(args) -> dict:
     recipe = cfg_lib.apply_overrides(cfg_lib.load_recipe(args.recipe), args.set or [])
-    return recipe
+    return cfg_lib.validate_recipe(recipe)
 
 
 def _load_model_weights(model, name: str, weights: str) -> None:
     """Our training checkpoints ({'model': ...}), saved folders, .safetensors, official checkpoints."""
     from zoo.factory import load_weights
     from zoo.hub import read_checkpoint
-    load_weights(model, name, read_checkpoint(weights), source=weights)
+    try:
+        load_weights(model, name, read_checkpoint(weights), source=weights)
+    except ValueError as err:  # unreadable or not a state_dict
+        raise UsageError(f"--weights {weights}: {err}") from err
 
 
 def cmd_list(args) -> int:
@@ -44,23 +72,31 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine import train
+    from .engine import CheckpointError, TrainingInterrupted, train
     recipe = _load_recipe(args)
+    if args.resume and not args.out and args.resume == "auto":
+        raise UsageError("--resume without a checkpoint path needs --out: the run folder to continue")
     out = Path(args.out) if args.out else Path("runs") / f"{recipe['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(recipe, out, resume=args.resume, skip_bad=args.skip_bad, device=args.device,
-                   progress=not args.no_progress)
+    try:
+        result = train(recipe, out, resume=args.resume, skip_bad=args.skip_bad, device=args.device,
+                       progress=not args.no_progress)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from err
+    except TrainingInterrupted as stopped:
+        print(f"{PROG} train: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     print(json.dumps({"out": str(out), **result}, indent=2, default=str))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .engine import DistributedContext, build_datasets, build_model, evaluate
+    from .engine import DistributedContext, build_model, build_val_data, evaluate
     recipe = _load_recipe(args)
     ctx = DistributedContext(args.device)
     model = build_model(recipe)
     _load_model_weights(model, recipe["model"]["name"], args.weights)
     model.to(ctx.device)
-    _, _, val_set, eval_tf = build_datasets(recipe, model, args.skip_bad)
+    val_set, eval_tf = build_val_data(recipe, model, args.skip_bad)
     metrics = evaluate(model, val_set, eval_tf, ctx, args.limit, progress=not args.no_progress)
     if ctx.is_main:
         shown = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
@@ -76,7 +112,11 @@ def _overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.n
 def cmd_predict(args) -> int:
     from PIL import Image
     import zoo
-    model = zoo.create(args.model)
+    from zoo.images import ImageReadError, read_rgb
+    try:
+        model = zoo.create(args.model)
+    except KeyError as err:
+        raise UsageError(_message(err)) from err
     if args.weights:
         _load_model_weights(model, args.model, args.weights)
     model.eval()
@@ -87,11 +127,14 @@ def cmd_predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(cfg.mean).view(3, 1, 1)
     std = torch.tensor(cfg.std).view(3, 1, 1)
+    unreadable = []
     for path in map(Path, args.images):
         try:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"cannot read image {path}: {err}")
+            rgb = read_rgb(path)
+        except ImageReadError as err:  # the other images are still segmented
+            print(f"{PROG} predict: skipped: {err}", file=sys.stderr)
+            unreadable.append(str(path))
+            continue
         x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
         prediction = model.predict(x[None])
         if cfg.task == "panoptic":
@@ -110,6 +153,8 @@ def cmd_predict(args) -> int:
             Image.fromarray(labels.astype(dtype)).save(out / f"{path.stem}_labels.png")
         Image.fromarray(_overlay(rgb, colours)).save(out / f"{path.stem}_overlay.png")
         print(f"{path} -> {out}/{path.stem}_*.png")
+    if unreadable:
+        raise UsageError(f"{len(unreadable)} of {len(args.images)} images could not be read: {', '.join(unreadable)}")
     return 0
 
 
@@ -122,17 +167,21 @@ def cmd_plot(args) -> int:
     run = Path(args.run)
     log_file = run / "log.csv"
     if not log_file.is_file():
-        raise SystemExit(f"{run} has no log.csv: is it a run folder written by `python -m recipes train`?")
+        raise UsageError(f"{run} has no log.csv: is it a run folder written by `python -m recipes train`?")
     with open(log_file) as handle:
         rows = list(csv.DictReader(handle))
+    if not rows:
+        raise UsageError(f"{log_file} has no rows yet: the run has not logged an iteration")
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], label="training loss")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (all query states)")
     val_file = run / "val.csv"
+    val = []
     if val_file.is_file():
         with open(val_file) as handle:
             val = list(csv.DictReader(handle))
+    if val:
         key = "PQ" if "PQ" in val[0] else "mIoU"
         twin = ax.twinx()
         twin.plot([int(r["iteration"]) for r in val], [float(r[key]) for r in val], "o-", color="C1",
@@ -148,6 +197,16 @@ def cmd_plot(args) -> int:
         fig.savefig(out / f"training_curve.{suffix}", dpi=120)
     print(f"wrote {out}/training_curve.png and .svg")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate weights on a recipe's validation set")
     common(ev)
     ev.add_argument("--weights", required=True, help="checkpoint: ours, a saved folder or an official one")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N validation images")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="only the first N validation images")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="segment images: label map PNG + colour overlay")
@@ -192,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _USER_ERRORS as err:
+        print(f"{PROG} {args.command}: error: {_message(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

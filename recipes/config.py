@@ -1,4 +1,10 @@
-"""Recipes: nested dicts in ``recipes/configs/<name>.py`` (a ``RECIPE`` dict each), with ``--set`` overrides."""
+"""Recipes: nested dicts in ``recipes/configs/<name>.py`` (a ``RECIPE`` dict each), with ``--set`` overrides.
+
+Every recipe is checked by :func:`validate_recipe` before anything is built: each value must have
+its key's type and range (``data.batch_size=2.5``, ``optim.lr=abc`` or ``train.checkpoint_interval=0``
+are errors, not truncated or deferred), unknown and missing keys are errors, and ints given for
+float keys and lists given for tuple keys are converted.
+"""
 from __future__ import annotations
 
 import ast
@@ -7,11 +13,16 @@ import importlib
 import importlib.util
 import pkgutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["list_recipes", "load_recipe", "apply_overrides", "get"]
+__all__ = ["RecipeError", "list_recipes", "load_recipe", "apply_overrides", "validate_recipe",
+           "resume_changes", "RESUMABLE_KEYS", "get"]
 
 _CONFIG_PACKAGE = "recipes.configs"
+
+
+class RecipeError(ValueError):
+    """A recipe, or a ``--set`` override, that cannot be used as it is; the message says which key and why."""
 
 
 def list_recipes() -> List[str]:
@@ -28,11 +39,13 @@ def load_recipe(name_or_path: str) -> Dict[str, Any]:
         spec.loader.exec_module(module)
     elif name_or_path in list_recipes():
         module = importlib.import_module(f"{_CONFIG_PACKAGE}.{name_or_path}")
+    elif path.suffix == ".py":
+        raise RecipeError(f"recipe file {path} does not exist")
     else:
-        raise KeyError(f"unknown recipe {name_or_path!r}; known recipes: {', '.join(list_recipes())} "
-                       "(or pass a .py file that defines RECIPE)")
+        raise RecipeError(f"unknown recipe {name_or_path!r}; known recipes: {', '.join(list_recipes())} "
+                          "(or pass a .py file that defines RECIPE)")
     if not isinstance(getattr(module, "RECIPE", None), dict):
-        raise ValueError(f"{module.__name__} defines no RECIPE dict")
+        raise RecipeError(f"{name_or_path} defines no RECIPE dict")
     recipe = copy.deepcopy(module.RECIPE)
     recipe.setdefault("name", path.stem if path.suffix == ".py" else name_or_path)
     return recipe
@@ -50,18 +63,193 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
     recipe = copy.deepcopy(recipe)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise RecipeError(f"--set expects KEY=VALUE, got {item!r}")
         dotted, text = item.split("=", 1)
         keys = dotted.strip().split(".")
         node = recipe
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
-                raise KeyError(f"--set {dotted}: {key!r} is not a section of the recipe")
+                sections = sorted(k for k, v in node.items() if isinstance(v, dict))
+                raise RecipeError(f"--set {dotted}: {key!r} is not a section of the recipe; "
+                                  f"the sections here are {sections}")
             node = node[key]
         if keys[-1] not in node and keys[-2:-1] != ["kwargs"]:
-            raise KeyError(f"--set {dotted}: no such key; the section has {sorted(node)}")
+            raise RecipeError(f"--set {dotted}: no such key; the section has {sorted(node)}")
         node[keys[-1]] = _parse_value(text.strip())
     return recipe
+
+
+# ------------------------------------------------------------------ checking a recipe
+
+class _Check:
+    """The type and range one recipe key accepts."""
+
+    def __init__(self, kind: str, low: Optional[float] = None, high: Optional[float] = None, *,
+                 optional: bool = False, choices: Sequence[str] = (), length: Optional[int] = None,
+                 low_open: bool = False, high_open: bool = False):
+        self.kind, self.low, self.high, self.optional = kind, low, high, optional
+        self.choices, self.length, self.low_open, self.high_open = tuple(choices), length, low_open, high_open
+
+    def describe(self) -> str:
+        kinds = {"int": "an int", "float": "a number", "str": "a string", "bool": "True or False",
+                 "ints": "a tuple of ints", "floats": "a tuple of numbers", "strs": "a tuple of strings",
+                 "dict": "a dict"}
+        text = kinds[self.kind]
+        if self.length:
+            text = f"{text} of length {self.length}"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        if bounds:
+            text += (" with every element " if self.kind in ("ints", "floats") else " ") + " and ".join(bounds)
+        if self.choices:
+            text += f" among {list(self.choices)}"
+        return text + (", or None" if self.optional else "")
+
+    def _number(self, value: Any, kind: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        if kind == "int":
+            if not isinstance(value, int):
+                raise TypeError
+        else:
+            value = float(value)
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise TypeError
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            raise TypeError
+        return value
+
+    def __call__(self, value: Any) -> Any:
+        """The value in canonical form (floats for number keys, tuples for sequences); TypeError if unfit."""
+        if value is None and self.optional:
+            return None
+        if self.kind in ("int", "float"):
+            return self._number(value, self.kind)
+        if self.kind == "str":
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise TypeError
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if self.kind == "dict":
+            if not isinstance(value, dict):
+                raise TypeError
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+            raise TypeError
+        if self.length is not None and len(value) != self.length:
+            raise TypeError
+        if self.kind == "strs":
+            if not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return tuple(value)
+        return tuple(self._number(v, self.kind[:-1]) for v in value)
+
+
+_SCHEMA: Dict[str, Dict[str, _Check]] = {
+    "model": {"name": _Check("str"), "kwargs": _Check("dict"), "init_checkpoint": _Check("str", optional=True)},
+    "data": {"dataset": _Check("str"), "root": _Check("str"), "train_split": _Check("str"),
+             "val_split": _Check("str"), "crop_size": _Check("ints", 1, length=2), "scales": _Check("ints", 1),
+             "max_long_side": _Check("int", 1), "cat_max_ratio": _Check("float", 0, 1, low_open=True),
+             "eval_scale": _Check("ints", 1, length=2, optional=True), "batch_size": _Check("int", 1),
+             "num_workers": _Check("int", 0), "val_limit": _Check("int", 1, optional=True)},
+    "loss": {"type": _Check("str", choices=("mask_classification", "per_pixel")),
+             "no_object_weight": _Check("float", 0), "class_weight": _Check("float", 0),
+             "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0)},
+    "optim": {"lr": _Check("float", 0, low_open=True), "weight_decay": _Check("float", 0),
+              "betas": _Check("floats", 0, 1, length=2, high_open=True), "backbone_lr_mult": _Check("float", 0),
+              "grad_clip": _Check("float", 0, optional=True, low_open=True), "warmup_iters": _Check("int", 0),
+              "poly_power": _Check("float", 0), "poly_iters": _Check("int", 1, optional=True),
+              "no_decay": _Check("strs")},
+    "train": {"iters": _Check("int", 1), "eval_interval": _Check("int", 1), "checkpoint_interval": _Check("int", 1),
+              "log_interval": _Check("int", 1), "seed": _Check("int", 0), "amp": _Check("bool")},
+}
+# the per-pixel loss has no mask-classification weights
+_OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight"}
+
+
+def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """Check every key of ``recipe`` against its type and range; return it with values in canonical form.
+
+    Raises :class:`RecipeError` listing every problem (``data.batch_size: expected an int >= 1, got 2.5``).
+    """
+    from zoo.registry import is_model
+
+    from .datasets import DATASET_CLASSES
+
+    recipe = copy.deepcopy(recipe)
+    problems: List[str] = []
+    for section in sorted(set(recipe) - set(_SCHEMA) - {"name"}):
+        problems.append(f"{section}: not a section of a recipe (sections: {sorted(_SCHEMA)})")
+    for section, checks in _SCHEMA.items():
+        node = recipe.get(section)
+        if not isinstance(node, dict):
+            problems.append(f"{section}: missing section (a dict with keys {sorted(checks)})")
+            continue
+        for key in sorted(set(node) - set(checks)):
+            problems.append(f"{section}.{key}: no such key; the section has {sorted(checks)}")
+        for key, check in checks.items():
+            dotted = f"{section}.{key}"
+            if key not in node:
+                if dotted not in _OPTIONAL_KEYS or node.get("type") != "per_pixel":
+                    problems.append(f"{dotted}: missing")
+                continue
+            try:
+                node[key] = check(node[key])
+            except TypeError:
+                problems.append(f"{dotted}: expected {check.describe()}, got {node[key]!r}")
+    if not problems:
+        if not is_model(recipe["model"]["name"]):
+            problems.append(f"model.name: unknown model {recipe['model']['name']!r} (zoo.list_models() lists them)")
+        if recipe["data"]["dataset"] not in DATASET_CLASSES:
+            problems.append(f"data.dataset: unknown dataset {recipe['data']['dataset']!r}; "
+                            f"known: {sorted(DATASET_CLASSES)}")
+    if problems:
+        name = recipe.get("name", "the recipe")
+        raise RecipeError(f"{name}: " + "; ".join(problems) if len(problems) == 1 else
+                          f"{name} has {len(problems)} problems:\n  " + "\n  ".join(problems))
+    return recipe
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict) and not prefix.endswith("kwargs"):
+        flat: Dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(node, dict):
+        return {prefix: {k: _canonical(v) for k, v in sorted(node.items())}}
+    return {prefix: _canonical(node)}
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
+# What ``--resume`` may change: how long the run goes on and how it reports, where the data lies and
+# how it is read. Everything else is the state the checkpoint was trained with (the optimiser's
+# learning rates, the schedule, the model, the loss and the sample order).
+RESUMABLE_KEYS = ("name", "train.iters", "train.eval_interval", "train.checkpoint_interval", "train.log_interval",
+                  "data.root", "data.num_workers", "data.val_limit")
+
+
+def resume_changes(saved: Dict[str, Any], recipe: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """Keys whose values differ between a checkpoint's recipe and ``recipe``: (allowed, refused) on resume."""
+    before, after = _flatten(saved), _flatten(recipe)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k, "<absent>") != after.get(k, "<absent>"))
+    allowed = [k for k in changed if k in RESUMABLE_KEYS]
+    refused = [f"{k}: {before.get(k, '<absent>')!r} in the checkpoint, {after.get(k, '<absent>')!r} now"
+               for k in changed if k not in RESUMABLE_KEYS]
+    return allowed, refused
 
 
 def get(recipe: Dict[str, Any], dotted: str, default: Any = None) -> Any:

@@ -51,6 +51,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from zoo.datasets_meta import DATASETS as _META, COCO_PANOPTIC_CATEGORIES
+from zoo.images import ImageReadError, read_rgb
 
 __all__ = [
     "IGNORE_INDEX", "DatasetError", "DatasetLayoutError", "EmptyDatasetError", "BadSampleError",
@@ -113,14 +114,11 @@ def _require_file(path: str, layout: str, what: str = "file") -> str:
 
 # ----------------------------------------------------------------------------- file reading
 def _read_image(path: str) -> torch.Tensor:
-    """RGB uint8 [3, H, W]; BadSampleError naming ``path`` when missing or corrupt."""
-    if not os.path.isfile(path):
-        raise BadSampleError(f"image file not found: {path}", path)
+    """RGB uint8 [3, H, W] (deep images scaled to 8 bits, see zoo.images); BadSampleError naming ``path``."""
     try:
-        with PILImage.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # PIL raises many types for truncated/garbage files
-        raise BadSampleError(f"cannot read image file {path}: {exc}", path) from exc
+        arr = read_rgb(path)
+    except ImageReadError as exc:
+        raise BadSampleError(str(exc), path) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -5,16 +5,28 @@ drawn from ``(seed, epoch)``, every sample's augmentation is drawn from
 ``(seed, epoch, index)``, and checkpoints hold the model, optimiser, scheduler,
 iteration and RNG states; a resumed run therefore continues with exactly the
 batches, augmentations and dropout masks the uninterrupted run would have used.
+
+Nothing is lost on a stop: SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes
+``last.pth`` and raises :class:`TrainingInterrupted` (a second Ctrl-C stops at once); the
+checkpoint of an evaluation step is written before the evaluation runs and marked as
+awaiting it, so a crash or a stop during evaluation resumes with that evaluation. Checkpoints
+are written to a temporary file, flushed to disk and renamed into place; a full disk raises an
+``OSError`` that says so and leaves the previous checkpoint intact. A run folder that already
+holds a run is never overwritten: pass ``resume`` to continue it.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import logging
 import math
 import os
 import random
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -24,13 +36,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 import zoo
 
+from .config import RESUMABLE_KEYS, RecipeError, resume_changes, validate_recipe
 from .datasets import collate_samples
 
 __all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
-           "build_scheduler", "save_checkpoint", "load_checkpoint"]
+           "build_scheduler", "save_checkpoint", "load_checkpoint", "CheckpointError", "TrainingInterrupted",
+           "RunFolderError", "build_model", "build_train_data", "build_val_data"]
 
 log = logging.getLogger("recipes")
 
@@ -63,6 +78,14 @@ class DistributedContext:
     def barrier(self):
         if self.distributed:
             dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
+        if not self.distributed:
+            return bool(flag)
+        value = torch.tensor([int(bool(flag))], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def close(self):
         if self.distributed and dist.is_initialized():
@@ -162,23 +185,55 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: Dict[str, Any], ite
 
 # ------------------------------------------------------------------ checkpoints
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: missing, unreadable, or not a training checkpoint."""
+
+
+_TRAINING_KEYS = ("model", "optimizer", "scheduler", "iteration", "best", "recipe", "rng")
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Serialise ``obj`` in memory, write it to a temporary file, flush it to disk, rename it into place.
+
+    Serialising first makes a full disk surface as ``OSError(ENOSPC)`` from the write (torch's zip
+    writer reports it as an opaque ``enforce fail``); the previous file stays until the rename.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            size = buffer.getbuffer().nbytes / 2 ** 20
+            raise OSError(err.errno, f"no space left on the device of {path.parent} while writing {path.name} "
+                          f"({size:.0f} MB); {'the previous ' + path.name + ' is intact; ' if path.exists() else ''}"
+                          "free some space and resume with --resume") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(folder: Path) -> List[Path]:
+    """Delete the temporary files of checkpoint writes that were killed (``.last.pth.XXXX.tmp``)."""
+    stale = [p for p in Path(folder).glob(".*.pth.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, iteration: int, best: Dict[str, Any],
-                    recipe: Dict[str, Any]) -> None:
+                    recipe: Dict[str, Any], pending_eval: bool = False) -> None:
+    """``pending_eval``: the evaluation of ``iteration`` has not run yet (resume runs it first)."""
     _atomic_torch_save({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "iteration": iteration, "best": best, "recipe": recipe,
+        "iteration": iteration, "best": best, "recipe": recipe, "pending_eval": pending_eval,
         "rng": _rng_state(),
     }, path)
 
@@ -192,14 +247,23 @@ def _rng_state() -> Dict[str, Any]:
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """A training checkpoint written by :func:`save_checkpoint`."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    """A training checkpoint written by :func:`save_checkpoint`; :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" + (
+            "; the run has not saved one yet: train without --resume to start it" if path.name == "last.pth" else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); "
-                         "it may be truncated: resume from the previous one") from err
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); "
+                              "it may be truncated: resume from the previous one") from err
+    missing = [k for k in _TRAINING_KEYS if not (isinstance(state, dict) and k in state)]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (it lacks {', '.join(missing)}): it holds weights only, so "
+            f"there is no optimiser, schedule or data position to resume. To start a new run from these weights "
+            f"use --set model.init_checkpoint={path}")
+    return state
 
 
 def _restore_rng(state: Dict[str, Any]) -> None:
@@ -214,8 +278,13 @@ def _restore_rng(state: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------ building blocks from a recipe
 
 def build_model(recipe: Dict[str, Any]) -> nn.Module:
+    """The recipe's model, with ``model.init_checkpoint`` loaded strictly when set; errors name the recipe key."""
     model_cfg = recipe["model"]
-    model = zoo.create(model_cfg["name"], **model_cfg.get("kwargs", {}))
+    try:
+        model = zoo.create(model_cfg["name"], **model_cfg.get("kwargs", {}))
+    except (TypeError, ValueError, KeyError) as err:
+        raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
+                          f"{_message(err)}") from err
     if model_cfg.get("init_checkpoint"):
         from zoo.factory import load_weights
         from zoo.hub import read_checkpoint
@@ -224,16 +293,26 @@ def build_model(recipe: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def build_datasets(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
+def _message(err: BaseException) -> str:
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+
+
+def build_train_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
+    """``(training set, training transform)``."""
     from . import datasets, transforms
     data = recipe["data"]
     mean, std = model.pretrained_cfg.mean, model.pretrained_cfg.std
     train_tf = transforms.train_transforms(data["crop_size"], data["scales"], data["max_long_side"], mean, std,
                                            cat_max_ratio=data.get("cat_max_ratio", 0.75))
-    eval_tf = transforms.eval_transforms(data.get("eval_scale"), mean, std)
-    train_set = datasets.build_dataset(data["dataset"], data["root"], data["train_split"], skip_bad=skip_bad)
-    val_set = datasets.build_dataset(data["dataset"], data["root"], data["val_split"], skip_bad=skip_bad)
-    return train_set, train_tf, val_set, eval_tf
+    return datasets.build_dataset(data["dataset"], data["root"], data["train_split"], skip_bad=skip_bad), train_tf
+
+
+def build_val_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
+    """``(validation set, eval transform)``: all that evaluation needs (the training split may be absent)."""
+    from . import datasets, transforms
+    data = recipe["data"]
+    eval_tf = transforms.eval_transforms(data.get("eval_scale"), model.pretrained_cfg.mean, model.pretrained_cfg.std)
+    return datasets.build_dataset(data["dataset"], data["root"], data["val_split"], skip_bad=skip_bad), eval_tf
 
 
 def build_criterion(recipe: Dict[str, Any], num_classes: int):
@@ -270,14 +349,30 @@ def compute_loss(model: nn.Module, criterion, batch: Dict[str, Any], device) -> 
 
 # ------------------------------------------------------------------ evaluation
 
+class EvaluationStopped(Exception):
+    """``evaluate`` was asked to stop before it went through the validation set."""
+
+
+def _to_label_size(pred: torch.Tensor, size) -> torch.Tensor:
+    """A predicted id map [..., h, w] brought to the label's (H, W) by nearest neighbour, as labels are."""
+    if tuple(pred.shape[-2:]) == tuple(size):
+        return pred
+    lead = pred.shape[:-2]
+    resized = torch.nn.functional.interpolate(pred.reshape(-1, 1, *pred.shape[-2:]).float(), size=tuple(size),
+                                              mode="nearest")
+    return resized.reshape(*lead, *size).to(pred.dtype)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, val_set: Dataset, eval_tf, ctx: DistributedContext, limit: Optional[int] = None,
-             progress: bool = True) -> Dict[str, Any]:
+             progress: bool = True, should_stop=None) -> Dict[str, Any]:
     """Semantic metrics (mIoU, mAcc, aAcc) or panoptic quality over the validation set, whole images.
 
-    Ranks evaluate disjoint shards and the metric states are summed across ranks.
+    Predictions are made at the eval transform's size and brought back to the label's size
+    (nearest neighbour, semantic label maps and panoptic id maps alike). Ranks evaluate disjoint
+    shards and the metric states are summed across ranks. ``should_stop()`` is asked before every
+    image; when it answers True, :class:`EvaluationStopped` is raised.
     """
-    from tqdm import tqdm
     from .metrics import PanopticQuality, SemanticMetrics
     net = model.module if hasattr(model, "module") else model
     cfg = net.pretrained_cfg
@@ -286,20 +381,88 @@ def evaluate(model: nn.Module, val_set: Dataset, eval_tf, ctx: DistributedContex
     metric = (PanopticQuality(net.thing_classes) if panoptic else SemanticMetrics(cfg.num_classes))
     indices = list(range(len(val_set)))[: limit or None][ctx.rank::ctx.world_size]
     for index in tqdm(indices, desc="eval", disable=not (progress and ctx.is_main), leave=False):
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         sample = eval_tf(val_set[index])
         images = sample["image"].unsqueeze(0).to(ctx.device)
         if panoptic:
             segment_ids, segments = net.predict(images)[0]
-            metric.update(segment_ids.cpu(), segments, sample["segment_ids"], sample["segments_info"])
+            gt_ids = sample["segment_ids"]
+            metric.update(_to_label_size(segment_ids.cpu(), gt_ids.shape[-2:]), segments, gt_ids,
+                          sample["segments_info"])
         else:
-            pred = net.predict(images)
             label = sample["label"].unsqueeze(0)
-            if pred.shape[-2:] != label.shape[-2:]:
-                pred = torch.nn.functional.interpolate(pred[:, None].float(), size=label.shape[-2:],
-                                                       mode="nearest")[:, 0].long()
-            metric.update(pred.cpu(), label)
+            metric.update(_to_label_size(net.predict(images), label.shape[-2:]).cpu(), label)
     metric.reduce()
     return metric.compute()
+
+
+# ------------------------------------------------------------------ stopping and run folders
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving ``checkpoint``; ``--resume`` continues it."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped at iteration {iteration}, saved {checkpoint}; "
+                         "continue with --resume")
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a request that the loop honours at the next step boundary.
+
+    A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers are only installed from the
+    main thread (Python delivers signals there); elsewhere the defaults stay.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: saving a checkpoint after this step, then stopping (Ctrl-C again to stop at once, "
+                    "losing the work since the last checkpoint)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals_in_worker(worker_id: int) -> None:
+    """Data-loading workers leave SIGINT/SIGTERM to the main process.
+
+    Ctrl-C reaches the whole process group: a worker that died of it would make the main
+    process's next batch fail before it could save. The workers still exit with the main process.
+    """
+    for sig in _StopRequests.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class RunFolderError(RecipeError):
+    """The output folder already holds a run and ``resume`` was not asked for."""
+
+
+_RUN_FILES = ("last.pth", "best.pth", "log.csv", "val.csv", "metrics.json")
+
+
+def _check_new_run_folder(out_dir: Path) -> Optional[str]:
+    present = [name for name in _RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return None
+    return (f"{out_dir} already holds a run ({', '.join(present)}); continue it with --resume, "
+            "or choose another --out (nothing was overwritten)")
 
 
 # ------------------------------------------------------------------ training
@@ -308,40 +471,66 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
           device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Train ``recipe``; writes ``config.json``, ``log.csv``, TensorBoard events and checkpoints to ``out_dir``.
 
-    ``resume``: a checkpoint path, or ``"auto"`` for ``out_dir/last.pth``. Returns the final metrics.
+    ``resume``: a checkpoint path, or ``"auto"`` for ``out_dir/last.pth``; the recipe may then differ from
+    the checkpoint's only in :data:`recipes.config.RESUMABLE_KEYS` (run length, intervals, data location
+    and loading). Without ``resume`` the folder must not hold a run already. Returns the final metrics;
+    raises :class:`TrainingInterrupted` after saving a checkpoint on SIGINT/SIGTERM.
     """
-    from tqdm import tqdm
+    recipe = validate_recipe(recipe)
     ctx = DistributedContext(device)
     out_dir = Path(out_dir)
     train_cfg, optim = recipe["train"], recipe["optim"]
     seed = int(train_cfg["seed"])
+
+    state = None
+    if resume:
+        path = out_dir / "last.pth" if resume == "auto" else Path(resume)
+        state = load_checkpoint(path)
+        allowed, refused = resume_changes(state["recipe"], recipe)
+        if refused:
+            raise RecipeError(
+                f"cannot resume {path} with a different recipe: " + "; ".join(refused) +
+                f". On resume only {', '.join(k for k in RESUMABLE_KEYS if k != 'name')} may change "
+                "(the rest is the state the checkpoint was trained with); start a new run with "
+                f"--set model.init_checkpoint={path} to train these weights with other settings")
+        if allowed and ctx.is_main:
+            log.info("resuming with changed %s", ", ".join(allowed))
+    elif ctx.any(ctx.is_main and _check_new_run_folder(out_dir) is not None):
+        raise RunFolderError(_check_new_run_folder(out_dir) or f"{out_dir} already holds a run on rank 0")
+
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-
     model = build_model(recipe).to(ctx.device)
-    train_set, train_tf, val_set, eval_tf = build_datasets(recipe, model, skip_bad)
+    train_set, train_tf = build_train_data(recipe, model, skip_bad)
+    val_set, eval_tf = build_val_data(recipe, model, skip_bad)
     criterion = build_criterion(recipe, model.pretrained_cfg.num_classes)
     optimizer = build_optimizer(model, optim)
     iters = int(train_cfg["iters"])
     scheduler = build_scheduler(optimizer, optim, iters)
-    start, best, rng_state = 0, {"metric": None, "iteration": None}, None
+    start, best, rng_state, pending_eval = 0, {"metric": None, "iteration": None}, None, False
 
-    if resume:
-        path = out_dir / "last.pth" if resume == "auto" else Path(resume)
-        state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this recipe's model and optimiser: "
+                                  f"{_message(err)}") from err
         start, best, rng_state = state["iteration"], state["best"], state["rng"]
+        pending_eval = bool(state.get("pending_eval", False))
         if ctx.is_main:
-            log.info("resumed from %s at iteration %d", path, start)
-    if start >= iters:
-        raise ValueError(f"nothing to train: the run is at iteration {start} of {iters}; "
-                         "raise train.iters to continue")
+            log.info("resumed from %s at iteration %d%s", path, start,
+                     " (its evaluation runs first)" if pending_eval else "")
+    if start >= iters and not pending_eval:
+        raise RecipeError(f"nothing to train: the run is at iteration {start} of {iters}; "
+                          "raise train.iters to continue")
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(out_dir):
+            log.info("removed %s, left by a checkpoint write that was killed", stale)
         (out_dir / "config.json").write_text(json.dumps(recipe, indent=2, default=list))
     net = model
     if ctx.distributed:
@@ -353,6 +542,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
     sampler.start_iteration = start
     loader = DataLoader(SeededAugmentation(train_set, train_tf, seed), batch_sampler=sampler,
                         num_workers=int(recipe["data"].get("num_workers", 0)), collate_fn=collate_samples,
+                        worker_init_fn=_ignore_stop_signals_in_worker,
                         persistent_workers=False, pin_memory=ctx.device.type == "cuda")
     amp = bool(train_cfg.get("amp")) and ctx.device.type == "cuda"
     writer, log_file, log_writer = None, None, None
@@ -365,6 +555,30 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
         if new_log:
             log_writer.writerow(["iteration", "loss", "lr", "seconds_per_iter", "details"])
 
+    def checkpoint(done: int, pending: bool) -> None:
+        if ctx.is_main:
+            save_checkpoint(out_dir / "last.pth", model, optimizer, scheduler, done, best, recipe, pending)
+
+    def run_evaluation(done: int, stop: _StopRequests) -> Dict[str, Any]:
+        nonlocal best
+        checkpoint(done, pending=True)
+        try:
+            # ranks must reach the metric reduction together, so only a single process cuts evaluation short
+            results = evaluate(model, val_set, eval_tf, ctx, recipe["data"].get("val_limit"), progress,
+                               should_stop=None if ctx.distributed else (lambda: stop.signum is not None))
+        except EvaluationStopped:
+            raise TrainingInterrupted(stop.signum, done, out_dir / "last.pth") from None
+        key = "PQ" if "PQ" in results else "mIoU"
+        if ctx.is_main:
+            writer.add_scalar(f"val/{key}", results[key], done)
+            log.info("iteration %d: %s %.2f", done, key, results[key])
+            _append_val_row(out_dir / "val.csv", done, results)
+            if best["metric"] is None or results[key] > best["metric"]:
+                best = {"metric": results[key], "key": key, "iteration": done}
+                save_checkpoint(out_dir / "best.pth", model, optimizer, scheduler, done, best, recipe)
+        checkpoint(done, pending=False)
+        return results
+
     metrics: Dict[str, Any] = {}
     bar = tqdm(total=iters, initial=start, desc="train", disable=not (progress and ctx.is_main), dynamic_ncols=True)
     data_iter = iter(loader)  # draws the workers' base seed from the global RNG ...
@@ -372,46 +586,45 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
         _restore_rng(rng_state)  # ... so restore after it, as the uninterrupted run had it here
     tick = time.perf_counter()
     try:
-        for iteration in range(start, iters):
-            batch = next(data_iter)
-            net.train()
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                losses = compute_loss(net, criterion, batch, ctx.device)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}; lower optim.lr "
-                                         "or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            done = iteration + 1
-            lr = optimizer.param_groups[0]["lr"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-            if ctx.is_main and (done % int(train_cfg["log_interval"]) == 0 or done == iters):
-                seconds = (time.perf_counter() - tick) / max(1, done - start)
-                details = {k: round(float(v.detach()), 5) for k, v in losses.items() if k != "loss"}
-                log_writer.writerow([done, f"{loss.item():.6f}", f"{lr:.6e}", f"{seconds:.3f}", json.dumps(details)])
-                log_file.flush()
-                writer.add_scalar("train/loss", loss.item(), done)
-                writer.add_scalar("train/lr", lr, done)
-            if done % int(train_cfg["eval_interval"]) == 0 or done == iters:
-                metrics = evaluate(model, val_set, eval_tf, ctx, recipe["data"].get("val_limit"), progress)
-                key = "PQ" if "PQ" in metrics else "mIoU"
-                if ctx.is_main:
-                    writer.add_scalar(f"val/{key}", metrics[key], done)
-                    log.info("iteration %d: %s %.2f", done, key, metrics[key])
-                    _append_val_row(out_dir / "val.csv", done, metrics)
-                    if best["metric"] is None or metrics[key] > best["metric"]:
-                        best = {"metric": metrics[key], "key": key, "iteration": done}
-                        save_checkpoint(out_dir / "best.pth", model, optimizer, scheduler, done, best, recipe)
-            if ctx.is_main and (done % int(train_cfg["checkpoint_interval"]) == 0 or done == iters):
-                save_checkpoint(out_dir / "last.pth", model, optimizer, scheduler, done, best, recipe)
-            if done % int(train_cfg["checkpoint_interval"]) == 0:
-                ctx.barrier()
+        with _StopRequests() as stop:
+            if pending_eval:
+                metrics = run_evaluation(start, stop)
+            for iteration in range(start, iters):
+                if ctx.any(stop.signum is not None):
+                    checkpoint(iteration, pending=False)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, iteration, out_dir / "last.pth")
+                batch = next(data_iter)
+                net.train()
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                    losses = compute_loss(net, criterion, batch, ctx.device)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}; lower optim.lr "
+                                             "or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if optim.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
+                optimizer.step()
+                scheduler.step()
+                done = iteration + 1
+                lr = optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+                if ctx.is_main and (done % int(train_cfg["log_interval"]) == 0 or done == iters):
+                    seconds = (time.perf_counter() - tick) / max(1, done - start)
+                    details = {k: round(float(v.detach()), 5) for k, v in losses.items() if k != "loss"}
+                    log_writer.writerow([done, f"{loss.item():.6f}", f"{lr:.6e}", f"{seconds:.3f}",
+                                         json.dumps(details)])
+                    log_file.flush()
+                    writer.add_scalar("train/loss", loss.item(), done)
+                    writer.add_scalar("train/lr", lr, done)
+                if done % int(train_cfg["eval_interval"]) == 0 or done == iters:
+                    metrics = run_evaluation(done, stop)
+                elif done % int(train_cfg["checkpoint_interval"]) == 0:
+                    checkpoint(done, pending=False)
+                if done % int(train_cfg["checkpoint_interval"]) == 0:
+                    ctx.barrier()
     finally:
         bar.close()
         if ctx.is_main:

@@ -58,9 +58,9 @@ def _weights(path):
 
 def test_recipe_overrides_reject_typos():
     recipe = cfg_lib.load_recipe("camvid")
-    with pytest.raises(KeyError, match="no such key"):
+    with pytest.raises(cfg_lib.RecipeError, match="no such key"):
         cfg_lib.apply_overrides(recipe, ["optim.learning_rate=1"])
-    with pytest.raises(KeyError, match="unknown recipe"):
+    with pytest.raises(cfg_lib.RecipeError, match="unknown recipe"):
         cfg_lib.load_recipe("camvidd")
 
 

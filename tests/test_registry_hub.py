@@ -165,3 +165,88 @@ def test_input_checks(tiny_registry):
     with pytest.raises(TypeError, match="float"):
         model(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     assert model(torch.randn(1, 3, 33, 47)).shape == (1, 3, 64, 64)  # padded to a multiple of 32
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """A Hub endpoint on 127.0.0.1 where nothing listens (connections are refused); nothing leaves the machine."""
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    return endpoint
+
+
+def test_unreachable_hub_fails_fast_and_names_the_installed_cli(tiny_registry, tmp_path, unreachable_hub):
+    import time
+    start = time.monotonic()
+    with pytest.raises(zoo.WeightsUnavailableError) as err:
+        zoo.create("tiny_seg.a", pretrained=True, cache_dir=tmp_path / "empty-cache")
+    assert time.monotonic() - start < 3  # huggingface_hub alone retries for about 23 s
+    text = str(err.value)
+    assert "`hf download spikezoo-test/tiny model.safetensors`" in text and "huggingface-cli" not in text
+    assert f"the Hub at {unreachable_hub} cannot be reached" in text
+
+
+def test_unreachable_hub_still_finds_the_cached_file(tiny_registry, tmp_path, unreachable_hub):
+    torch.manual_seed(4)
+    reference = zoo.create("tiny_seg.a")
+    cache = _fake_hub_cache(tmp_path / "hub", "spikezoo-test/tiny", "model.safetensors", reference)
+    model = zoo.create("tiny_seg.a", pretrained=True, cache_dir=cache)
+    assert torch.equal(model.conv.weight, reference.conv.weight)
+
+
+def test_truncated_safetensors_names_the_file(tiny_registry, tmp_path):
+    path = zoo.create("tiny_seg.a").save_pretrained(tmp_path / "saved") / "model.safetensors"
+    data = path.read_bytes()
+    for size in (4, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=rf"cannot read checkpoint {path}: .*truncated or corrupt"):
+            zoo.create("tiny_seg.a", checkpoint_path=path)
+
+
+def test_folders_without_a_model_say_what_is_missing(tiny_registry, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder without config.json, so it names no model"):
+        zoo.create(str(empty))
+    with pytest.raises(FileNotFoundError, match=r"folder without model.safetensors"):
+        zoo.create("tiny_seg.a", checkpoint_path=empty)
+    saved = zoo.create("tiny_seg.a").save_pretrained(tmp_path / "saved")
+    (saved / "config.json").write_text('{"architecture": "tiny_')
+    with pytest.raises(ValueError, match=rf"cannot read {saved / 'config.json'}: .*save the model again"):
+        zoo.create(str(saved))
+
+
+def test_save_pretrained_onto_a_file_is_a_clear_error(tiny_registry, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match=r"model.bin is a file; save_pretrained writes a folder"):
+        zoo.create("tiny_seg.a").save_pretrained(target)
+    assert target.read_bytes() == b"keep me"
+
+
+def test_save_pretrained_on_a_full_disk_says_so_and_leaves_the_old_save(tiny_registry, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    saved = zoo.create("tiny_seg.a").save_pretrained(tmp_path / "saved")
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError) as err:
+        zoo.create("tiny_seg.b").save_pretrained(saved)
+    assert err.value.errno == errno.ENOSPC
+    assert "the disk is full" in str(err.value) and str(saved) in str(err.value)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temporary file, old save intact

@@ -21,7 +21,11 @@ __all__ = ["SegmentationModel"]
 class SegmentationModel(nn.Module):
     """Base of spikezoo segmentors.
 
-    Input: ``images`` [B, 3, H, W], float, normalised with the config's mean/std.
+    Input: ``images`` [B, 3, H, W], float, normalised with the config's mean/std
+    (:meth:`check_images` says what is rejected, and why). Images of another floating
+    dtype than the model's (float64 from numpy, float16) are cast to the model's dtype,
+    as ``images.float()`` would: the network computes in its own precision anyway, and
+    under autocast the layers cast again as usual.
     Any H x W works: the image is zero-padded at the bottom/right to a multiple of
     ``size_divisor`` and predictions are cropped back. The image is replicated over
     the T time steps (``[T, B, 3, H, W]``). Every forward starts by resetting all
@@ -51,13 +55,38 @@ class SegmentationModel(nn.Module):
         self.official = official
 
     def check_images(self, images: torch.Tensor) -> None:
+        """Reject images that would fail deep inside the network or, worse, give a silent wrong answer.
+
+        Shape [B, 3, H, W] with B, H, W > 0, a floating dtype, and only finite values: one NaN
+        pixel makes every logit NaN, and ``predict`` would return class 0 everywhere. The
+        finiteness check is one pass over the image (skipped on the meta device, which holds no
+        values, and while ``torch.compile`` traces, where it would break the graph).
+        """
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a tensor [B, 3, H, W], got {type(images).__name__}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}; "
-                             "add a batch axis with images[None] for a single image")
+        shape = list(images.shape)
+        if images.dim() != 4:
+            hint = "; add a batch axis with images[None] for a single image" if images.dim() == 3 else ""
+            raise ValueError(f"images must have shape [B, 3, H, W], got {shape}{hint}")
+        if images.shape[1] != 3:
+            hint = ("; channels-last images [B, H, W, 3] need images.permute(0, 3, 1, 2)" if images.shape[3] == 3
+                    else "; convert grayscale or RGBA images to RGB first (e.g. PIL's image.convert('RGB'))")
+            raise ValueError(f"the model expects 3 (RGB) channels, got {images.shape[1]} "
+                             f"(images of shape {shape}){hint}")
+        if images.shape[0] == 0:
+            raise ValueError(f"empty batch: images has shape {shape}; pass at least one image")
+        if images.shape[2] == 0 or images.shape[3] == 0:
+            raise ValueError(f"images of shape {shape} have no pixels (spatial size {shape[2]}x{shape[3]})")
         if not images.is_floating_point():
             raise TypeError(f"images must be float and normalised with the model's mean/std, got {images.dtype}")
+        if images.is_meta or torch.compiler.is_compiling():
+            return
+        if not torch.isfinite(images).all():
+            bad = int((~torch.isfinite(images)).sum())
+            raise ValueError(
+                f"images hold {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) among {images.numel()}: "
+                "they would make every logit NaN. Check the image decoding and the normalisation "
+                "(a failed read, a division by a zero std)")
 
     def saving_memory_for_backward(self) -> ContextManager:
         """The context a training forward runs in (see ``compact_saved_spikes``)."""
@@ -71,6 +100,7 @@ class SegmentationModel(nn.Module):
         In official mode T' = 1 and B' = T * B (time folded into the batch).
         """
         self.check_images(images)
+        images = images.to(self._input_dtype())
         functional.reset_net(self)
         for node in self.modules():
             if isinstance(node, NILIFNode):
@@ -84,6 +114,10 @@ class SegmentationModel(nn.Module):
         if self.official:
             x = x.reshape(1, self.T * images.shape[0], *images.shape[1:])
         return x, (height, width)
+
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype the images are cast to: that of the model's floating-point parameters."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     def time_mean(self, y: torch.Tensor, axis: int) -> torch.Tensor:
         """Average over time an output that the head left per replica (official mode folded T into B)."""

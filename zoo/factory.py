@@ -14,10 +14,17 @@ __all__ = ["create", "load_weights"]
 
 
 def _saved_config(path: Optional[hub.PathLike]) -> Optional[Dict[str, Any]]:
+    """The config.json of a folder written by ``save_pretrained``; None when ``path`` has none."""
     if path is None:
         return None
     config = Path(path) / hub.CONFIG_NAME
-    return json.loads(config.read_text()) if config.is_file() else None
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text())
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"cannot read {config}: {err}. The file may be truncated or corrupt; "
+                         "save the model again") from err
 
 
 def load_weights(model: nn.Module, name: str, state_dict: Dict[str, Any], source: str) -> None:
@@ -28,6 +35,8 @@ def load_weights(model: nn.Module, name: str, state_dict: Dict[str, Any], source
         if convert is not None:
             try:
                 state_dict = convert(state_dict, model)
+            except hub.CheckpointMismatchError as err:  # an official checkpoint, but not one that fits
+                raise hub.CheckpointMismatchError(f"{source}: {err}") from None
             except (KeyError, ValueError) as err:
                 # not a foreign format either: report the mismatch against our own keys
                 source = f"{source} (not an official checkpoint either: {err})"
@@ -47,7 +56,12 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
       are reused). ``name`` may itself be such a folder.
     - ``kwargs`` override the constructor arguments the config implies.
     """
-    saved = _saved_config(name) if not is_model(name) else None
+    saved = None
+    if not is_model(name):
+        saved = _saved_config(name)
+        if saved is None and Path(name).is_dir():
+            raise FileNotFoundError(f"{name} is a folder without {hub.CONFIG_NAME}, so it names no model: pass a "
+                                    "folder written by save_pretrained, or a model name with checkpoint_path=")
     if saved is not None:
         checkpoint_path = name
         name = f"{saved['architecture']}.{saved['tag']}" if saved.get("tag") else saved["architecture"]

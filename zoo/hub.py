@@ -7,17 +7,21 @@ through ``torch.load(weights_only=True)`` (never unpickling code).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import tempfile
+import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
 
-__all__ = ["WeightsUnavailableError", "CheckpointMismatchError", "read_checkpoint", "download_weights",
-           "load_strict", "save_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["WeightsUnavailableError", "CheckpointMismatchError", "UnknownKeysError", "read_checkpoint",
+           "download_weights", "mismatch_error", "load_strict", "save_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -30,6 +34,23 @@ class WeightsUnavailableError(RuntimeError):
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model: lists missing, unexpected and mis-shaped keys."""
+
+
+class UnknownKeysError(KeyError):
+    """Raised by a converter of official checkpoints: keys it does not know, all of them in ``keys``.
+
+    The converters see the keys of one part with its prefix stripped; the checkpoint
+    filters catch this error to report the keys under their full official names.
+    """
+
+    def __init__(self, what: str, keys: Sequence[str]):
+        self.keys = list(keys)
+        super().__init__(f"not {what} key{'s' if len(self.keys) > 1 else ''}: "
+                         + ", ".join(repr(k) for k in self.keys[:20])
+                         + (f" and {len(self.keys) - 20} more" if len(self.keys) > 20 else ""))
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return self.args[0]
 
 
 def _unwrap(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
@@ -69,31 +90,70 @@ def read_checkpoint(path: PathLike) -> Dict[str, torch.Tensor]:
                          "The file may be truncated or corrupt; download or save it again") from err
 
 
+# How long the Hub gets to accept a connection before it counts as unreachable. Without this check
+# huggingface_hub retries a failed connection with backoff for about 23 s before it looks in the cache.
+HUB_CONNECT_TIMEOUT_S = 1.5
+
+
+def _hub_reachable(endpoint: str, timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``endpoint`` (or to the proxy that requests to it would use) opens in time."""
+    url = urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def download_weights(cfg, cache_dir: Optional[PathLike] = None,
                      local_files_only: Optional[bool] = None) -> Path:
     """Fetch ``cfg.filename`` from the Hub repo ``cfg.hub_id`` (or find it in the cache).
 
     ``local_files_only`` defaults to the HF_HUB_OFFLINE setting, which
-    huggingface_hub honours on its own as well.
+    huggingface_hub honours on its own as well. When the Hub endpoint
+    (HF_ENDPOINT) does not accept a connection within ``HUB_CONNECT_TIMEOUT_S``,
+    only the cache is searched, so that an offline machine fails (or finds its
+    cached copy) at once instead of after huggingface_hub's retries.
     """
     if not cfg.hub_id:
         raise WeightsUnavailableError(
             f"no weights are published for {cfg.name}. Train it with `python -m recipes train ...` "
             "or pass checkpoint_path= (a .safetensors/.pth file, an official mmseg checkpoint, "
             "or a folder written by save_pretrained)")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub import constants, hf_hub_download
 
-    offline = HF_HUB_OFFLINE if local_files_only is None else local_files_only
+    offline = constants.HF_HUB_OFFLINE if local_files_only is None else local_files_only
+    unreachable = not offline and not _hub_reachable(constants.ENDPOINT)
     try:
-        return Path(hf_hub_download(cfg.hub_id, cfg.filename, cache_dir=cache_dir, local_files_only=offline))
+        return Path(hf_hub_download(cfg.hub_id, cfg.filename, cache_dir=cache_dir,
+                                    local_files_only=offline or unreachable))
     except Exception as err:  # offline, not cached, missing repo/file, network errors
-        where = cache_dir or HF_HUB_CACHE
+        where = cache_dir or constants.HF_HUB_CACHE
+        why = (", offline" if offline else
+               f"; the Hub at {constants.ENDPOINT} cannot be reached" if unreachable else "")
         raise WeightsUnavailableError(
             f"could not get {cfg.filename} of {cfg.name} from the Hugging Face Hub repo {cfg.hub_id} "
-            f"(looked in the cache {where}{', offline' if offline else ''}): {type(err).__name__}: {err}. "
-            f"On a machine with internet run `huggingface-cli download {cfg.hub_id} {cfg.filename}` "
+            f"(looked in the cache {where}{why}): {type(err).__name__}: {err}. "
+            f"On a machine with internet run `hf download {cfg.hub_id} {cfg.filename}` "
             "and copy the cache here (or set cache_dir=), or pass checkpoint_path= to a local copy") from err
+
+
+def mismatch_error(what: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                   shapes: Sequence[str] = ()) -> CheckpointMismatchError:
+    """The error for ``what`` (e.g. 'x.pth does not fit Spike2Former'), listing each kind of mismatch."""
+    def listing(title, items):
+        if not items:
+            return ""
+        shown = "\n    ".join(items[:20])
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+    return CheckpointMismatchError(f"{what}:" + listing("missing keys", list(missing))
+                                   + listing("unexpected keys", list(unexpected))
+                                   + listing("shape mismatches", list(shapes)))
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -104,29 +164,32 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
     if missing or unexpected or shapes:
-        def listing(title, items):
-            if not items:
-                return ""
-            shown = "\n    ".join(items[:20])
-            more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
-            return f"\n  {title} ({len(items)}):\n    {shown}{more}"
-        raise CheckpointMismatchError(
-            f"{source} does not fit {type(model).__name__}:"
-            + listing("missing keys", missing) + listing("unexpected keys", unexpected)
-            + listing("shape mismatches", shapes))
+        raise mismatch_error(f"{source} does not fit {type(model).__name__}", missing, unexpected, shapes)
     model.load_state_dict(state_dict, strict=True)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _write_files(writers: Dict[Path, Callable[[str], None]]) -> None:
+    """Write each file under a temporary name in its folder, then rename them all: a crash or a full
+    disk never leaves half a file, nor new weights beside the config of an older save."""
+    temporaries: Dict[Path, str] = {}
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in writers.items():
+            fd, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            write(temporaries[path])
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        target = next(iter(writers)).parent
+        raise OSError(errno.ENOSPC, f"the disk is full: could not save into {target} "
+                                    "(no partial file is left there); free some space and save again",
+                      str(target)) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.unlink(temporary)
 
 
 def save_pretrained(model: nn.Module, directory: PathLike, model_args: Optional[Dict[str, Any]] = None,
@@ -135,6 +198,9 @@ def save_pretrained(model: nn.Module, directory: PathLike, model_args: Optional[
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; save_pretrained writes a folder ({CONFIG_NAME} + "
+                              f"{WEIGHTS_NAME}): pass the path of a new or existing folder")
     directory.mkdir(parents=True, exist_ok=True)
     cfg = pretrained_cfg if pretrained_cfg is not None else getattr(model, "pretrained_cfg", None)
     config = {
@@ -144,7 +210,8 @@ def save_pretrained(model: nn.Module, directory: PathLike, model_args: Optional[
         "pretrained_cfg": cfg.to_dict() if cfg is not None else None,
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME,
-                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list)))
+    _write_files({
+        directory / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        directory / CONFIG_NAME: lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list)),
+    })
     return directory

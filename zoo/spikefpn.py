@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from . import datasets_meta as meta
 from .backbones.meta_spikeformer import (CAMVID_BACKBONE, MetaSpikeFormer, SpikeConvBN, convert_official_backbone,
-                                         is_imagenet_backbone)
+                                         is_imagenet_backbone, with_imagenet_backbone)
 from .base import SegmentationModel
+from .hub import UnknownKeysError, mismatch_error
 from .layers.common import NeuronFactory, model_neuron, multistep, neuron_factory
 from .postprocess import resize_masks
 from .registry import register_model, segmentation_cfg
@@ -171,10 +172,15 @@ def convert_official_spikefpn(state_dict: Mapping[str, torch.Tensor]) -> Dict[st
     Official layout: ``neck.{lateral_convs,fpn_convs}.i.{0: conv, 1: BN}``;
     ``decode_head.scale_heads.i.j.{0: SN, 1: conv, 2: BN}`` where ``j`` counts stages and
     their upsampling layers alike (stage ``j // 2``); ``decode_head.conv_seg``
-    is the classifier. Any other key raises ``KeyError``.
+    is the classifier. Any other key raises :class:`~zoo.hub.UnknownKeysError`
+    (a ``KeyError``) naming all of them.
     """
     backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    converted = {f"backbone.{k}": v for k, v in convert_official_backbone(backbone).items()}
+    unknown = []
+    try:
+        converted = {f"backbone.{k}": v for k, v in convert_official_backbone(backbone).items()}
+    except UnknownKeysError as err:
+        converted, unknown = {}, [f"backbone.{key}" for key in err.keys]
     for key, value in state_dict.items():
         if key.startswith("backbone."):
             continue
@@ -183,26 +189,32 @@ def convert_official_spikefpn(state_dict: Mapping[str, torch.Tensor]) -> Dict[st
         if neck:
             kind = "laterals" if neck["kind"] == "lateral_convs" else "outputs"
             layer = "conv" if neck["layer"] == "0" else "bn"
-            new = f"neck.{kind}.{neck['level']}.{layer}.{neck['leaf']}"
+            converted[f"neck.{kind}.{neck['level']}.{layer}.{neck['leaf']}"] = value
         elif head and int(head["index"]) % 2 == 0:
             layer = "conv" if head["layer"] == "1" else "bn"
-            new = f"head.scale_heads.{head['level']}.{int(head['index']) // 2}.{layer}.{head['leaf']}"
+            converted[f"head.scale_heads.{head['level']}.{int(head['index']) // 2}.{layer}.{head['leaf']}"] = value
         elif key.startswith("decode_head.conv_seg."):
-            new = "head.classifier." + key[len("decode_head.conv_seg."):]
+            converted["head.classifier." + key[len("decode_head.conv_seg."):]] = value
         else:
-            raise KeyError(f"not an official SpikeFPN key: {key!r}")
-        converted[new] = value
+            unknown.append(key)
+    if unknown:
+        raise UnknownKeysError("an official SpikeFPN", unknown)
     return converted
 
 
 def _checkpoint_filter(state_dict, model):
-    """Official SpikeFPN checkpoints convert entirely; an ImageNet Meta-SpikeFormer initialises the backbone."""
+    """Official SpikeFPN checkpoints convert entirely, and every key must be an official one; an ImageNet
+    Meta-SpikeFormer initialises the backbone (and must hold all of it)."""
     if is_imagenet_backbone(state_dict):
-        backbone = {f"backbone.{k}": v for k, v in convert_official_backbone(state_dict).items()}
-        return {**model.state_dict(), **backbone}
-    if not any(k.startswith("neck.") for k in state_dict):
-        raise KeyError("expected official keys 'backbone.*', 'neck.*', 'decode_head.*'")
-    return convert_official_spikefpn(state_dict)
+        return with_imagenet_backbone(state_dict, model)
+    if not all(any(k.startswith(part) for k in state_dict) for part in ("neck.", "decode_head.")):
+        raise KeyError("expected official keys 'backbone.*', 'neck.*', 'decode_head.*' "
+                       "or a Meta-SpikeFormer ImageNet checkpoint")
+    try:
+        return convert_official_spikefpn(state_dict)
+    except UnknownKeysError as err:
+        raise mismatch_error("an official SpikeFPN checkpoint with keys the official model does not have",
+                             unexpected=err.keys) from None
 
 
 _PAPER = "Lei et al., Spike2Former, AAAI 2025 (SpikeFPN baseline)"

@@ -27,12 +27,14 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 
+from ..hub import UnknownKeysError, mismatch_error
 from ..layers.common import NeuronFactory, multistep, neuron_factory
 from ..registry import PretrainedCfg, register_model
 
 __all__ = [
     "SpikeConvBN", "BNAndPad", "RepConv", "RepConvBN", "SepConv", "ConvBlock", "SpikeDrivenSelfAttention",
-    "MLP", "TransformerBlock", "MetaSpikeFormer", "convert_official_backbone",
+    "MLP", "TransformerBlock", "MetaSpikeFormer", "convert_official_backbone", "official_backbone_key",
+    "is_imagenet_backbone", "with_imagenet_backbone", "official_backbone_state",
     "meta_spikeformer_15m", "meta_spikeformer_31m", "meta_spikeformer_55m", "meta_spikeformer_124m",
 ]
 
@@ -320,33 +322,130 @@ def _convert_inner(module: str, inner: str) -> Optional[str]:
     return _OFFICIAL_MLP.get(inner)
 
 
+def _ours(key: str) -> Optional[str]:
+    """Our key of the official backbone key ``key``; None when the official backbone has no such key."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        return None
+    module = match["module"]
+    if module.startswith("block"):
+        stage, index = module.split(".")
+        ours_module = f"stage{stage[-1]}.{index}"
+    else:
+        ours_module = _OFFICIAL_MODULES.get(module)
+    inner = _convert_inner(module, match["inner"]) if ours_module else None
+    return f"{ours_module}.{inner}.{match['leaf']}" if inner else None
+
+
 def convert_official_backbone(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Official Meta-SpikeFormer keys -> :class:`MetaSpikeFormer` keys (tensors are shared, not copied).
 
     Accepts the Spike2Former/SpikeFPN backbone with its ``backbone.`` prefix
     stripped (``downsample1_1.encode_conv.weight``, ``block3.0.attn.q_conv.0.body.1.bn.weight``, ...)
     and SDT-V2 ImageNet checkpoints, whose classifier ``head.*`` (and ``head_kd.*``)
-    is dropped. Any other key raises ``KeyError``: a silently ignored key would
-    leave part of the backbone random.
+    is dropped. Any other key raises :class:`~zoo.hub.UnknownKeysError` (a ``KeyError``)
+    naming all of them: a silently ignored key would leave part of the backbone random.
     """
-    converted = {}
+    converted, unknown = {}, []
     for key, value in state_dict.items():
         if _CLASSIFIER.fullmatch(key):
             continue
-        match = _KEY.fullmatch(key)
-        if match is not None:
-            module = match["module"]
-            if module.startswith("block"):
-                stage, index = module.split(".")
-                ours_module = f"stage{stage[-1]}.{index}"
-            else:
-                ours_module = _OFFICIAL_MODULES.get(module)
-            inner = _convert_inner(module, match["inner"]) if ours_module else None
-            if inner is not None:
-                converted[f"{ours_module}.{inner}.{match['leaf']}"] = value
-                continue
-        raise KeyError(f"not an official Meta-SpikeFormer backbone key: {key!r}")
+        ours = _ours(key)
+        if ours is None:
+            unknown.append(key)
+        else:
+            converted[ours] = value
+    if unknown:
+        raise UnknownKeysError("an official Meta-SpikeFormer backbone", unknown)
     return converted
+
+
+_OURS_MODULES = {ours: official for official, ours in _OFFICIAL_MODULES.items()}
+_OURS_KEY = re.compile(r"(?P<module>stage[34]\.\d+|\w+\.\d+|\w+)\.(?P<inner>.+)\." + _LEAVES)
+
+
+def _official_inners(module: str) -> List[str]:
+    """The official names inside ``module`` that ``_convert_inner`` maps."""
+    if module.startswith("downsample"):
+        return list(_OFFICIAL_DOWNSAMPLE)
+    if module.startswith("ConvBlock"):
+        return list(_OFFICIAL_CONVBLOCK)
+    return [f"attn.{proj}_conv.{rest}" for proj in ("q", "k", "v", "proj") for rest in _OFFICIAL_REPCONV_BN] + list(
+        _OFFICIAL_MLP)
+
+
+def official_backbone_key(key: str) -> str:
+    """Our :class:`MetaSpikeFormer` key -> the official one, the inverse of :func:`convert_official_backbone`.
+
+    Error messages about official checkpoints name both, so that a key can be found in either
+    code base; it also writes our backbones in the official layout. Raises ``KeyError`` for a
+    key that is not one of ours.
+    """
+    match = _OURS_KEY.fullmatch(key)
+    module = None
+    if match is not None:
+        ours_module = match["module"]
+        module = (f"block{ours_module[len('stage'):]}" if ours_module.startswith(("stage3.", "stage4."))
+                  else _OURS_MODULES.get(ours_module))
+    inners = {_convert_inner(module, inner): inner for inner in _official_inners(module)} if module else {}
+    if match is None or match["inner"] not in inners:
+        raise KeyError(f"not a MetaSpikeFormer key: {key!r}")
+    return f"{module}.{inners[match['inner']]}.{match['leaf']}"
+
+
+# The stem's conv: the key by which official checkpoints are told apart from ours.
+_FIRST_OFFICIAL_KEY = "downsample1_1.encode_conv.weight"
+
+
+def is_imagenet_backbone(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """A Meta-SpikeFormer classification checkpoint: backbone keys at top level (plus ``head.*``)."""
+    return _FIRST_OFFICIAL_KEY in state_dict
+
+
+def with_imagenet_backbone(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
+                           prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
+    """``model``'s state_dict with its backbone (the keys under ``prefix``) taken from an ImageNet
+    Meta-SpikeFormer checkpoint; the other parts keep their current values.
+
+    Unlike a full checkpoint, the result always has every key of the model, so strict loading
+    cannot notice a backbone tensor the checkpoint lacks: it would stay at its random
+    initialisation. Such tensors, and keys that are not official backbone keys, raise
+    :class:`~zoo.hub.CheckpointMismatchError` naming them (missing ones by their official and our names).
+    """
+    what = "an ImageNet Meta-SpikeFormer checkpoint that does not hold exactly the official backbone"
+    try:
+        backbone = convert_official_backbone(state_dict)
+    except UnknownKeysError as err:
+        raise mismatch_error(what, unexpected=err.keys) from None
+    own = model.state_dict()
+    missing = [key for key in own if key.startswith(prefix) and key[len(prefix):] not in backbone]
+    if missing:
+        raise mismatch_error(what, missing=[
+            f"{official_backbone_key(key[len(prefix):])} (ours: {key})" for key in missing])
+    return {**own, **{prefix + key: value for key, value in backbone.items()}}
+
+
+def official_backbone_state(state_dict: Mapping[str, torch.Tensor], checkpoint: str) -> Dict[str, torch.Tensor]:
+    """The ``backbone.*`` keys of an official segmentation checkpoint (``checkpoint``: 'Spike2Former',
+    'SpikeFPN', ...), converted; unknown ones raise :class:`~zoo.hub.CheckpointMismatchError`
+    with their full official names."""
+    try:
+        return convert_official_backbone(
+            {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
+    except UnknownKeysError as err:
+        raise mismatch_error(f"an official {checkpoint} checkpoint with keys the official model does not have",
+                             unexpected=[f"backbone.{key}" for key in err.keys]) from None
+
+
+def _backbone_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """ImageNet classification or official segmentation checkpoints -> backbone keys (the segmentation
+    heads are dropped: they are not part of this model)."""
+    if is_imagenet_backbone(state_dict):
+        return with_imagenet_backbone(state_dict, model, prefix="")
+    if "backbone." + _FIRST_OFFICIAL_KEY in state_dict:
+        return official_backbone_state(state_dict, "segmentation")
+    raise KeyError("expected a Meta-SpikeFormer ImageNet checkpoint or an official segmentation "
+                   "checkpoint ('backbone.*')")
 
 
 # ---------------------------------------------------------------- registered variants
@@ -358,18 +457,6 @@ CAMVID_BACKBONE = dict(embed_dims=(12, 24, 48, 64), backbone_heads=4, backbone_d
 def _sdtv2_notes(factory: str, cls_params: str, imagenet: str) -> str:
     return (f"SDT-V2 width of its {factory} factory; {cls_params} params with SDT-V2's 1000-class head. "
             f"No published segmentation weights. {imagenet}")
-
-
-def is_imagenet_backbone(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """A Meta-SpikeFormer classification checkpoint: backbone keys at top level (plus ``head.*``)."""
-    return "downsample1_1.encode_conv.weight" in state_dict
-
-
-def _backbone_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """ImageNet classification or official segmentation checkpoints -> backbone keys."""
-    if any(k.startswith("backbone.") for k in state_dict):
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    return convert_official_backbone(state_dict)
 
 
 def _backbone_cfg(params: int, notes: str) -> Dict[str, PretrainedCfg]:

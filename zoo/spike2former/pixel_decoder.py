@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.hub import UnknownKeysError
 from zoo.layers.common import NeuronFactory, neuron_factory
 
 __all__ = ["MultiLevelConvBN", "ESC", "SDDA", "ChannelMLP", "SDTELayer", "SpikePixelDecoder",
@@ -437,12 +438,14 @@ def convert_official_pixel_decoder(state_dict: Dict[str, torch.Tensor]) -> Dict[
     """Rename a released pixel-decoder state_dict to :class:`SpikePixelDecoder` keys.
 
     ``state_dict`` holds the keys that follow ``decode_head.pixel_decoder.`` in
-    an official checkpoint (prefix already stripped). Tensors are not copied.
+    an official checkpoint (prefix already stripped). Tensors are not copied. Keys
+    outside the official modules raise :class:`~zoo.hub.UnknownKeysError` naming all of them.
     """
+    unknown = [key for key in state_dict if not key.startswith(_OFFICIAL_ROOTS)]
+    if unknown:
+        raise UnknownKeysError("an official pixel decoder", unknown)
     converted = {}
     for key, value in state_dict.items():
-        if not key.startswith(_OFFICIAL_ROOTS):
-            raise KeyError(f"not a key of the official pixel decoder: {key!r}")
         new = key
         for pattern, replacement in _OFFICIAL_RENAMES:
             new = re.sub(pattern, replacement, new)

@@ -30,6 +30,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..hub import UnknownKeysError
 from ..layers.common import NeuronFactory, neuron_factory
 
 __all__ = ["MaskEmbeddingMLP", "SDME", "convert_official_sdme", "mask_product"]
@@ -188,6 +189,8 @@ class SDME(nn.Module):
         return states * queries * in_channels < channels * in_channels + states * queries * channels
 
 
+# The official decode_head modules (a key's first name) that make up the SDME.
+OFFICIAL_SDME_ROOTS = ("cls_embed", "mask_embed", "shortcut_conv", "w")
 _OFFICIAL_SDME_KEY = re.compile(r"(cls_embed|mask_embed|shortcut_conv\.[01]|w)(\..+)?")
 _OFFICIAL_SDME_MODULES = {
     "cls_embed": "class_embed",
@@ -201,15 +204,20 @@ _OFFICIAL_SDME_MODULES = {
 def convert_official_sdme(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Official ``decode_head.`` keys (prefix stripped) -> :class:`SDME` keys (default config).
 
-    Only ``cls_embed.*``, ``mask_embed.*``, ``shortcut_conv.*`` and ``w`` are taken; every
-    other key (pixel decoder, transformer decoder) is ignored. The official layers have
-    the same types and shapes as ours (Linear MLP, Conv1d 1x1 + BatchNorm1d over queries),
-    so values are passed through.
+    Only ``cls_embed.*``, ``mask_embed.*``, ``shortcut_conv.*`` and ``w`` are taken; the
+    keys of the other modules (pixel decoder, transformer decoder) are ignored, and a key of
+    these modules that the official SDME does not have raises :class:`~zoo.hub.UnknownKeysError`.
+    The official layers have the same types and shapes as ours (Linear MLP, Conv1d 1x1 +
+    BatchNorm1d over queries), so values are passed through.
     """
-    converted = {}
+    converted, unknown = {}, []
     for key, value in state_dict.items():
         match = _OFFICIAL_SDME_KEY.fullmatch(key)
         if match:
             module, rest = match.groups()
             converted[_OFFICIAL_SDME_MODULES[module] + (rest or "")] = value
+        elif key.split(".", 1)[0] in OFFICIAL_SDME_ROOTS:
+            unknown.append(key)
+    if unknown:
+        raise UnknownKeysError("an official SDME", unknown)
     return converted

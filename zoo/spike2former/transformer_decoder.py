@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..hub import UnknownKeysError
 from ..layers.common import NeuronFactory, neuron_factory
 from ..layers.position import SinePositionalEncoding
 
@@ -246,6 +247,8 @@ class SpikeTransformerDecoder(nn.Module):
 _OFFICIAL_ATTENTION_KEY = re.compile(
     r"transformer_decoder\.layers\.(\d+)\.(self_attn|cross_attn)\.attn\.(q|k|v|out)_conv\.([01])\.(\w+)")
 _OFFICIAL_FFN_KEY = re.compile(r"transformer_decoder\.layers\.(\d+)\.ffn\.(fc|bn)([12])\.(\w+)")
+# The official decode_head modules (a key's first name) that make up the transformer decoder.
+OFFICIAL_DECODER_ROOTS = ("transformer_decoder", "query_feat", "query_embed", "level_embed")
 _OFFICIAL_EMBEDDINGS = {
     "query_feat.weight": "query_feat.weight",
     "query_embed.weight": "query_pos.weight",
@@ -263,10 +266,11 @@ def _conv1x1_to_linear(weight: torch.Tensor) -> torch.Tensor:
 def convert_official_decoder(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Official ``decode_head.`` keys (prefix stripped) -> :class:`SpikeTransformerDecoder` keys.
 
-    Keys of other modules (pixel decoder, SDME) are ignored; an unknown key under
-    ``transformer_decoder.`` raises ``KeyError``.
+    Keys of other modules (pixel decoder, SDME) are ignored; unknown keys under
+    ``transformer_decoder.`` or the query and level embeddings raise
+    :class:`~zoo.hub.UnknownKeysError` (a ``KeyError``) naming all of them.
     """
-    converted = {}
+    converted, unknown = {}, []
     for key, value in state_dict.items():
         attention = _OFFICIAL_ATTENTION_KEY.fullmatch(key)
         ffn = _OFFICIAL_FFN_KEY.fullmatch(key)
@@ -284,6 +288,8 @@ def convert_official_decoder(state_dict: Dict[str, torch.Tensor]) -> Dict[str, t
             is_conv_weight = part == "linear" and name == "weight"
             converted[f"layers.{layer}.ffn.fc{number}.{part}.{name}"] = (
                 _conv1x1_to_linear(value) if is_conv_weight else value)
-        elif key.startswith("transformer_decoder."):
-            raise KeyError(f"unrecognised official transformer-decoder key {key!r}")
+        elif key.split(".", 1)[0] in OFFICIAL_DECODER_ROOTS:
+            unknown.append(key)
+    if unknown:
+        raise UnknownKeysError("an official transformer decoder", unknown)
     return converted
