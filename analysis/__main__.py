@@ -63,7 +63,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
-from PIL import Image as PILImage
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -75,6 +74,7 @@ from recipes.datasets import DatasetError, build_dataset
 from recipes.transforms import Normalize, eval_transforms, short_side_size
 from zoo.factory import load_weights
 from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError, load_strict, read_checkpoint
+from zoo.images import ImageReadError, read_rgb
 from zoo.registry import is_model
 from zoo.spike2former import Spike2Former
 
@@ -163,10 +163,9 @@ def _non_negative(text: str) -> int:
 
 def _read_rgb(path: Path) -> dict:
     try:
-        with PILImage.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot read image {path}: {err}") from None
+        rgb = read_rgb(path)  # 16-bit images scaled to 8 bits, not clipped
+    except ImageReadError as err:
+        raise UsageError(str(err)) from None
     return {"image": tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))}
 
 

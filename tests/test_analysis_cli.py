@@ -272,3 +272,28 @@ def test_command_line_error_has_no_traceback(saved, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "python -m analysis firing: error: unknown model 'nope' " \
                                     "(zoo.list_models() lists them all)"
+
+
+def test_unreadable_inputs_exit_with_a_message(saved, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    cases = {
+        "broken image": (["--data", str(broken)], "a.png"),
+        "missing weights": (["--weights", str(tmp_path / "none.pth")], "none.pth"),
+        "corrupt weights": (["--weights", str(tmp_path / "bad.pth")], "bad.pth"),
+        "missing data root": (["--data", "camvid", "--data-root", str(tmp_path / "nowhere")], "nowhere"),
+    }
+    for name, (args, words) in cases.items():
+        argv = ["firing", "--model", str(saved / "s2f"), "--data", str(saved / "images"), "--out",
+                str(tmp_path / "out"), "--no-progress"]
+        for option, value in zip(args[::2], args[1::2]):
+            if option in argv:
+                argv[argv.index(option) + 1] = value
+            else:
+                argv += [option, value]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and words in err and "error:" in err, (name, err)

@@ -54,7 +54,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=2)
     if mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image)
+    return np.array(image)  # writable, so that torch.from_numpy needs no copy
 
 
 def read_rgb(path: Union[str, os.PathLike]) -> np.ndarray:

@@ -1,0 +1,118 @@
+"""How the command-line tools use the machine: OpenMP wait policy, intra-op threads, glibc malloc.
+
+PyTorch's defaults suit a machine the job has to itself. On a CPU shared with anything else (a
+second run, the data loader's workers, a notebook) OpenMP threads that spin at the barriers between
+the thousands of small operations of a spiking step burn the time slices the other threads need:
+a CamVid iteration went from about 2 s to 26-49 s next to one busy process. And glibc returns
+every freed buffer of 32 MB or more to the kernel, so each reuse page-faults afresh.
+
+:func:`prepare` (before ``import torch``) and :func:`configure` (after it) set, unless the user
+already chose:
+
+- ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. OpenMP reads this
+  once, when PyTorch loads it, so ``python -m recipes`` and ``python -m analysis`` set it before
+  importing torch; when torch was imported first it cannot take effect and the report says so.
+- intra-op threads: the cores this process may run on (``os.sched_getaffinity``), divided by the
+  local DDP ranks (``LOCAL_WORLD_SIZE``), at least one. Data-loading workers are not subtracted:
+  they sleep while the step computes, and with a passive wait policy they no longer contend.
+- glibc malloc (via ``mallopt``): freed memory is kept for reuse rather than returned to the
+  kernel (``M_MMAP_MAX=0``: large buffers come from the heap; ``M_TRIM_THRESHOLD``: the heap is not
+  trimmed). Skipped under another allocator (``LD_PRELOAD`` of jemalloc or tcmalloc) or off glibc.
+
+Each choice is reported in one log line. ``SPIKEZOO_RUNTIME=off`` leaves everything as PyTorch has it
+(for comparisons); ``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` and ``MALLOC_*`` set by the user win.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+__all__ = ["prepare", "configure", "RuntimeChoices", "default_threads"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_KEEP_FREED_BYTES = 2 ** 31 - 1  # mallopt takes an int: the largest trim threshold it accepts
+
+
+@dataclass
+class RuntimeChoices:
+    """What :func:`configure` set, and why the rest was left alone; ``str()`` is the log line."""
+
+    threads: Optional[int] = None
+    wait_policy: Optional[str] = None
+    malloc: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"{self.threads} intra-op thread{'s' if self.threads != 1 else ''}" if self.threads else None,
+                 f"OMP_WAIT_POLICY={self.wait_policy}" if self.wait_policy else None,
+                 f"malloc: {self.malloc}" if self.malloc else None, *self.notes]
+        return "runtime: " + "; ".join(p for p in parts if p)
+
+
+def _disabled() -> bool:
+    return os.environ.get("SPIKEZOO_RUNTIME", "").lower() in ("off", "0", "false", "no")
+
+
+def prepare() -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it; must run before ``import torch``."""
+    if not _disabled() and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def default_threads() -> int:
+    """This process's share of the cores it may run on (divided among the local DDP ranks)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // ranks)
+
+
+def _keep_freed_memory() -> Optional[str]:
+    """mallopt so that glibc keeps freed buffers for reuse; None where that does not apply."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        return f"left to {os.path.basename(preload.split(':')[0])} (LD_PRELOAD)"
+    if any(key.startswith("MALLOC_") for key in os.environ):
+        return "left to the MALLOC_* environment"
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None  # not glibc (musl has no mallopt)
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES) != 1:
+        return "glibc defaults (mallopt refused)"
+    return "glibc keeps freed memory for reuse (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2G)"
+
+
+def configure(threads: Optional[int] = None) -> RuntimeChoices:
+    """Apply the choices of this module's docstring (after ``import torch``); ``threads`` overrides the count."""
+    import torch
+
+    choices = RuntimeChoices()
+    if _disabled() and threads is None:
+        choices.notes.append("left as PyTorch sets it (SPIKEZOO_RUNTIME=off)")
+        choices.threads = torch.get_num_threads()
+        return choices
+    if threads is None and "OMP_NUM_THREADS" in os.environ:
+        choices.threads = torch.get_num_threads()
+        choices.notes.append("thread count from OMP_NUM_THREADS")
+    else:
+        choices.threads = threads or default_threads()
+        torch.set_num_threads(choices.threads)
+    if _disabled():
+        return choices
+    choices.wait_policy = os.environ.get("OMP_WAIT_POLICY")
+    if choices.wait_policy is None:
+        choices.notes.append("OMP_WAIT_POLICY unset: torch was imported before recipes.runtime.prepare()")
+    choices.malloc = _keep_freed_memory()
+    return choices
