@@ -59,24 +59,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-import numpy as np
-import torch
-import torch.nn as nn
-from matplotlib.figure import Figure
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
+from recipes import runtime
 
-import zoo
-from recipes.config import apply_overrides, list_recipes, load_recipe
-from recipes.datasets import DatasetError, build_dataset
-from recipes.transforms import Normalize, eval_transforms, short_side_size
-from zoo.factory import load_weights
-from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError, load_strict, read_checkpoint
-from zoo.images import ImageReadError, read_rgb
-from zoo.registry import is_model
-from zoo.spike2former import Spike2Former
+runtime.prepare()  # OpenMP reads its spin-wait setting once, when torch loads it
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchvision import tv_tensors  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import zoo  # noqa: E402
+from recipes.config import apply_overrides, list_recipes, load_recipe  # noqa: E402
+from recipes.datasets import DatasetError, build_dataset  # noqa: E402
+from recipes.transforms import Normalize, eval_transforms, short_side_size  # noqa: E402
+from zoo.factory import load_weights  # noqa: E402
+from zoo.hub import (CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError, load_strict,  # noqa: E402
+                     read_checkpoint)
+from zoo.images import ImageReadError, read_rgb  # noqa: E402
+from zoo.registry import is_model  # noqa: E402
+from zoo.spike2former import Spike2Former  # noqa: E402
 
 from .degradation import spike_degradation, without_me_shortcut
 from .energy import E_AC_PJ, E_MAC_PJ, estimate
@@ -514,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="output folder (created)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, default=None,
+                       help="intra-op threads (default: this process's share of the cores; see recipes.runtime)")
         p.set_defaults(func=func)
         return p
 
@@ -533,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    print(runtime.configure(args.threads), file=sys.stderr)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

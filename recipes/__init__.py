@@ -7,15 +7,30 @@
 - :mod:`recipes.metrics`: mIoU / mAcc / aAcc and PQ / SQ / RQ.
 - :mod:`recipes.engine`: the training loop (DDP under torchrun), evaluation, checkpoints.
 - :mod:`recipes.configs`: one recipe per file.
-"""
-from .config import apply_overrides, list_recipes, load_recipe
-from .datasets import DATASET_CLASSES, BadSampleError, DatasetError, build_dataset, collate_samples
-from .losses import PerPixelCrossEntropy, SetCriterion
-from .matcher import HungarianMatcher, semantic_to_targets
-from .metrics import PanopticQuality, SemanticMetrics
-from .transforms import eval_transforms, train_transforms
 
-__all__ = ["list_recipes", "load_recipe", "apply_overrides", "build_dataset", "collate_samples",
-           "DATASET_CLASSES", "DatasetError", "BadSampleError", "train_transforms", "eval_transforms",
-           "HungarianMatcher", "semantic_to_targets", "SetCriterion", "PerPixelCrossEntropy",
-           "SemanticMetrics", "PanopticQuality"]
+The package imports its submodules on first use (PEP 562), so that ``python -m recipes`` can set
+up OpenMP (:mod:`recipes.runtime`) before PyTorch is loaded.
+"""
+import importlib
+
+_EXPORTS = {
+    "config": ["apply_overrides", "list_recipes", "load_recipe"],
+    "datasets": ["DATASET_CLASSES", "BadSampleError", "DatasetError", "build_dataset", "collate_samples"],
+    "losses": ["PerPixelCrossEntropy", "SetCriterion"],
+    "matcher": ["HungarianMatcher", "semantic_to_targets"],
+    "metrics": ["PanopticQuality", "SemanticMetrics"],
+    "transforms": ["eval_transforms", "train_transforms"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

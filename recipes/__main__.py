@@ -22,13 +22,17 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-import torch
+from . import runtime
 
-from zoo.hub import CheckpointMismatchError, WeightsUnavailableError
+runtime.prepare()  # OpenMP reads its spin-wait setting once, when torch loads it
 
-from . import config as cfg_lib
-from .datasets import DatasetError
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from zoo.hub import CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
+
+from . import config as cfg_lib  # noqa: E402
+from .datasets import DatasetError  # noqa: E402
 
 PROG = "python -m recipes"
 
@@ -209,6 +213,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="intra-op threads (default: this process's share of the cores; see recipes.runtime)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples instead of failing")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        threads_option(p)
 
     train = sub.add_parser("train", help="train a recipe")
     common(train)
@@ -240,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", help="checkpoint to load (default: the model's initial weights)")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--out", required=True, help="output folder")
+    threads_option(pr)
     pr.set_defaults(func=cmd_predict)
     plot = sub.add_parser("plot", help="plot a run's loss curve and validation metric")
     plot.add_argument("run", help="a run folder (holds log.csv, val.csv)")
@@ -251,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):
+        logging.getLogger("recipes").info("%s", runtime.configure(args.threads))
     try:
         return args.func(args)
     except _USER_ERRORS as err:

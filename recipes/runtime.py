@@ -1,26 +1,33 @@
-"""How the command-line tools use the machine: OpenMP wait policy, intra-op threads, glibc malloc.
+"""How the command-line tools use the machine: how long OpenMP threads spin, intra-op threads, malloc.
 
-PyTorch's defaults suit a machine the job has to itself. On a CPU shared with anything else (a
-second run, the data loader's workers, a notebook) OpenMP threads that spin at the barriers between
-the thousands of small operations of a spiking step burn the time slices the other threads need:
-a CamVid iteration went from about 2 s to 26-49 s next to one busy process. And glibc returns
-every freed buffer of 32 MB or more to the kernel, so each reuse page-faults afresh.
+PyTorch's defaults suit a machine the job has to itself. A spiking step is thousands of small
+operations, and between two of them libgomp's idle threads spin for about 3 ms (300,000 rounds)
+before they sleep: next to any other busy process (a second run, the data loader's worker, a
+notebook) the spinners take the time slices the working threads need. And glibc returns every
+freed buffer of 32 MB or more to the kernel, so each reuse page-faults afresh.
 
 :func:`prepare` (before ``import torch``) and :func:`configure` (after it) set, unless the user
 already chose:
 
-- ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. OpenMP reads this
-  once, when PyTorch loads it, so ``python -m recipes`` and ``python -m analysis`` set it before
+- ``GOMP_SPINCOUNT=1000``: idle OpenMP threads spin about 10 us, then sleep (libgomp's own value
+  when it knows the cores are oversubscribed). Measured with ``benchmarks/cli_runtime.py`` on
+  2 cores, a CamVid iteration next to one busy process ran at 1.9x its quiet time against 2.7-3.5x
+  with the default spin, and the quiet time did not get worse; ``OMP_WAIT_POLICY=PASSIVE`` (no
+  spin) was as robust under load but 20-40% slower on a quiet machine. OpenMP reads this once,
+  when PyTorch loads it, so ``python -m recipes`` and ``python -m analysis`` set it before
   importing torch; when torch was imported first it cannot take effect and the report says so.
+  Left alone when ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set. (PyTorch builds on Intel's
+  OpenMP read ``KMP_BLOCKTIME`` instead, which is left to the user.)
 - intra-op threads: the cores this process may run on (``os.sched_getaffinity``), divided by the
   local DDP ranks (``LOCAL_WORLD_SIZE``), at least one. Data-loading workers are not subtracted:
-  they sleep while the step computes, and with a passive wait policy they no longer contend.
+  they wait while the step computes, and with short spins they no longer contend.
 - glibc malloc (via ``mallopt``): freed memory is kept for reuse rather than returned to the
   kernel (``M_MMAP_MAX=0``: large buffers come from the heap; ``M_TRIM_THRESHOLD``: the heap is not
-  trimmed). Skipped under another allocator (``LD_PRELOAD`` of jemalloc or tcmalloc) or off glibc.
+  trimmed). Skipped under another allocator (``LD_PRELOAD`` of jemalloc or tcmalloc), when a
+  ``MALLOC_*`` variable is set, or off glibc.
 
 Each choice is reported in one log line. ``SPIKEZOO_RUNTIME=off`` leaves everything as PyTorch has it
-(for comparisons); ``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` and ``MALLOC_*`` set by the user win.
+(for comparisons); ``OMP_NUM_THREADS`` and ``--threads`` set the thread count.
 """
 from __future__ import annotations
 
@@ -43,13 +50,13 @@ class RuntimeChoices:
     """What :func:`configure` set, and why the rest was left alone; ``str()`` is the log line."""
 
     threads: Optional[int] = None
-    wait_policy: Optional[str] = None
+    openmp_wait: Optional[str] = None
     malloc: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [f"{self.threads} intra-op thread{'s' if self.threads != 1 else ''}" if self.threads else None,
-                 f"OMP_WAIT_POLICY={self.wait_policy}" if self.wait_policy else None,
+                 f"OpenMP wait: {self.openmp_wait}" if self.openmp_wait else None,
                  f"malloc: {self.malloc}" if self.malloc else None, *self.notes]
         return "runtime: " + "; ".join(p for p in parts if p)
 
@@ -58,10 +65,16 @@ def _disabled() -> bool:
     return os.environ.get("SPIKEZOO_RUNTIME", "").lower() in ("off", "0", "false", "no")
 
 
+_SPIN_ROUNDS = "1000"
+_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
 def prepare() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it; must run before ``import torch``."""
-    if not _disabled() and "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Shorten OpenMP's spin-wait (``GOMP_SPINCOUNT``) unless the user chose one; run before ``import torch``."""
+    if _disabled() or "torch" in sys.modules or any(v in os.environ for v in _WAIT_VARIABLES):
+        return
+    os.environ["GOMP_SPINCOUNT"] = _SPIN_ROUNDS
+    os.environ["SPIKEZOO_SET_GOMP_SPINCOUNT"] = "1"  # tells configure() the value is ours, not the user's
 
 
 def default_threads() -> int:
@@ -111,8 +124,13 @@ def configure(threads: Optional[int] = None) -> RuntimeChoices:
         torch.set_num_threads(choices.threads)
     if _disabled():
         return choices
-    choices.wait_policy = os.environ.get("OMP_WAIT_POLICY")
-    if choices.wait_policy is None:
-        choices.notes.append("OMP_WAIT_POLICY unset: torch was imported before recipes.runtime.prepare()")
+    if os.environ.get("SPIKEZOO_SET_GOMP_SPINCOUNT") == "1":
+        choices.openmp_wait = f"spin {_SPIN_ROUNDS} rounds, then sleep (GOMP_SPINCOUNT={_SPIN_ROUNDS})"
+    elif any(v in os.environ for v in _WAIT_VARIABLES):
+        choices.openmp_wait = "as set: " + ", ".join(f"{v}={os.environ[v]}" for v in _WAIT_VARIABLES
+                                                     if v in os.environ)
+    else:
+        choices.notes.append("OpenMP's default spin-wait kept: torch was imported before "
+                             "recipes.runtime.prepare()")
     choices.malloc = _keep_freed_memory()
     return choices
