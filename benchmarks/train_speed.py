@@ -23,9 +23,11 @@ Rows (cumulative):
 As in the training engine, the model's outputs are not kept alive through backward.
 
 Target (issue 4) for spike2former_ade20k at 512x512, batch 1, 2 threads: at most 4.7 s per
-step and 3.4 GB peak RSS. glibc's default malloc settings are used, as in `python -m recipes`,
-unless ``--allocator`` says otherwise (for every row):
+step and 3.4 GB peak RSS; issue 11: 3.5 s and 3.4 GB as ``python -m recipes`` runs by default.
+``--allocator`` chooses the allocator set-up (for every row):
 
+- ``cli`` (the default): what ``python -m recipes`` does (``recipes.runtime``: glibc keeps freed
+  memory for reuse through ``mallopt``, OpenMP spins ~10 us before sleeping).
 - ``glibc``: the defaults. Buffers of 32 MB or more are mmapped and returned when freed, so each
   use of one page-faults afresh (on this VM, filling a fresh 64 MB buffer costs 5-20x a reused one).
 - ``glibc-reuse``: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=16G``: everything comes from the heap
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
-from recipes import losses  # noqa: E402
+from recipes import losses, runtime  # noqa: E402
 from recipes.configs._base import MASK_LOSS, OPTIM  # noqa: E402
 from recipes.engine import build_optimizer  # noqa: E402
 from recipes.losses import PerPixelCrossEntropy, SetCriterion, dice_loss, sigmoid_focal_loss  # noqa: E402
@@ -98,6 +100,8 @@ def dense_mask_product(embedding, features):
 
 
 def measure(args, setting: Setting) -> dict:
+    if args.allocator == "cli":
+        runtime.configure(args.threads)
     torch.set_num_threads(args.threads)
     if not setting.fused_losses:
         losses.matched_mask_losses = autograd_mask_losses
@@ -154,6 +158,8 @@ def measure(args, setting: Setting) -> dict:
 
 
 def allocator_env(name: str) -> dict:
+    if name == "cli":
+        return {"GOMP_SPINCOUNT": "1000", "SPIKEZOO_SET_GOMP_SPINCOUNT": "1"}  # as recipes.runtime.prepare()
     if name == "glibc":
         return {}
     if name == "glibc-reuse":
@@ -173,7 +179,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only-default", action="store_true", help="measure the default path only")
-    parser.add_argument("--allocator", choices=["glibc", "glibc-reuse", "jemalloc"], default="glibc")
+    parser.add_argument("--allocator", choices=["cli", "glibc", "glibc-reuse", "jemalloc"], default="cli")
     parser.add_argument("--recompute", type=int, default=64, help="the last row's recompute_macs_per_output")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save-to", help=argparse.SUPPRESS)
@@ -193,7 +199,7 @@ def main():
         save_to = f"/tmp/train_speed_grad_{os.getpid()}_{i}.pt"
         command = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(setting)), "--save-to", save_to,
                    "--model", args.model, "--size", str(args.size), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--threads", str(args.threads)]
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--allocator", args.allocator]
         done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         grads.append(torch.load(save_to))

@@ -160,7 +160,7 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
              "num_workers": _Check("int", 0), "val_limit": _Check("int", 1, optional=True)},
     "loss": {"type": _Check("str", choices=("mask_classification", "per_pixel")),
              "no_object_weight": _Check("float", 0), "class_weight": _Check("float", 0),
-             "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0)},
+             "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0), "compile": _Check("bool")},
     "optim": {"lr": _Check("float", 0, low_open=True), "weight_decay": _Check("float", 0),
               "betas": _Check("floats", 0, 1, length=2, high_open=True), "backbone_lr_mult": _Check("float", 0),
               "grad_clip": _Check("float", 0, optional=True, low_open=True), "warmup_iters": _Check("int", 0),
@@ -170,7 +170,8 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
               "log_interval": _Check("int", 1), "seed": _Check("int", 0), "amp": _Check("bool")},
 }
 # the per-pixel loss has no mask-classification weights
-_OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight"}
+_OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight",
+                  "loss.compile"}
 
 
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
@@ -236,10 +237,11 @@ def _canonical(value: Any) -> Any:
 
 
 # What ``--resume`` may change: how long the run goes on and how it reports, where the data lies and
-# how it is read. Everything else is the state the checkpoint was trained with (the optimiser's
-# learning rates, the schedule, the model, the loss and the sample order).
+# how it is read, whether the mask losses are compiled (the same losses). Everything else is the state
+# the checkpoint was trained with (the optimiser's learning rates, the schedule, the model, the loss
+# and the sample order).
 RESUMABLE_KEYS = ("name", "train.iters", "train.eval_interval", "train.checkpoint_interval", "train.log_interval",
-                  "data.root", "data.num_workers", "data.val_limit")
+                  "data.root", "data.num_workers", "data.val_limit", "loss.compile")
 
 
 def resume_changes(saved: Dict[str, Any], recipe: Dict[str, Any]) -> Tuple[List[str], List[str]]:

@@ -326,7 +326,7 @@ def build_criterion(recipe: Dict[str, Any], num_classes: int):
                                      cost_dice=loss["dice_weight"])
     return losses.SetCriterion(num_classes, match, no_object_weight=loss["no_object_weight"],
                                class_weight=loss["class_weight"], focal_weight=loss["focal_weight"],
-                               dice_weight=loss["dice_weight"])
+                               dice_weight=loss["dice_weight"], compile_mask_losses=loss.get("compile", False))
 
 
 def _targets(batch: Dict[str, Any], device):

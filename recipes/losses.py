@@ -107,9 +107,50 @@ def align_to_label(logits: torch.Tensor, label_size: Tuple[int, int], stride: Op
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def _per_mask_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum((1, 2))`` for [M, H, W] maps (a batched matrix-vector product is slower here)."""
-    return (a * b).sum((1, 2))
+def _mask_loss_terms(low: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float, gamma: float,
+                     eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per mask the focal sum and dice loss of ``low`` [M, h, w] upsampled to ``gt``'s size, and the two
+    element-wise derivatives [M, 2, H, W] (focal, dice) w.r.t. the upsampled logits.
+
+    With t in {0, 1}, flip = 1 - 2t and s = flip x, every term is a function of s:
+    q = 1 - p_t = sigmoid(s), ce = -log(p_t) = softplus(s), p = t + flip q, p (1 - p) = q (1 - q).
+    Using t v (not t) in flip changes nothing where v = 0, since every term is multiplied by v.
+    Written as one expression graph so that ``torch.compile`` fuses it into a few passes over memory.
+    """
+    x = F.interpolate(low[:, None], size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    v = valid.to(x.dtype)
+    tv = (gt & valid).to(x.dtype)
+    flip = 1.0 - 2.0 * tv
+    s = x * flip
+    q = torch.sigmoid(s)
+    ce = F.softplus(s)
+    # alpha_t v q^gamma, alpha_t = alpha for t = 1, 1 - alpha for t = 0
+    weight = (v * (1.0 - alpha) + tv * (2.0 * alpha - 1.0)) * (q * q if gamma == 2.0 else q.pow(gamma))
+    focal = (weight * ce).sum((1, 2))
+    # d focal / dx = flip alpha_t v q^gamma (gamma (1 - q) ce + q)
+    d_focal = ((1.0 - q) * ce * gamma + q) * weight * flip
+    # dice = 1 - N / S with N = 2 sum(p t v) + eps, S = sum(p v) + sum(t v) + eps;
+    # d dice / dx = (N v - 2 S t v) q (1 - q) / S^2
+    p = flip * q + tv
+    numerator = 2 * (p * tv).sum((1, 2)) + eps
+    denominator = (p * v).sum((1, 2)) + tv.sum((1, 2)) + eps
+    dice = 1 - numerator / denominator
+    d_dice = ((v * numerator[:, None, None] - tv * (2.0 * denominator)[:, None, None]) * (q * (1.0 - q))
+              / denominator.square()[:, None, None])
+    return focal, dice, torch.stack([d_focal, d_dice], 1)
+
+
+_compiled_terms = None
+
+
+def _terms_function(compiled: bool):
+    """``_mask_loss_terms``, compiled with Inductor when asked (once per process); eager when that fails."""
+    global _compiled_terms
+    if not compiled:
+        return _mask_loss_terms
+    if _compiled_terms is None:
+        _compiled_terms = torch.compile(_mask_loss_terms, dynamic=True)
+    return _compiled_terms
 
 
 class _MatchedMaskLosses(torch.autograd.Function):
@@ -125,42 +166,28 @@ class _MatchedMaskLosses(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, gt, valid, alpha, gamma, eps):
-        # With t in {0, 1} flip = 1 - 2t and s = flip * x, every term is a function of s:
-        # q = 1 - p_t = sigmoid(s), ce = -log(p_t) = softplus(s), p = t + flip q, p (1 - p) = q (1 - q).
-        # Using t v (not t) in flip changes nothing where v = 0, since every term is multiplied by v.
+    def forward(ctx, logits, gt, valid, alpha, gamma, eps, compiled):
         size = tuple(gt.shape[-2:])
         chunk = max(1, (1 << 22) // (size[0] * size[1]))  # ~16 MB per full-resolution temporary
+        terms = _terms_function(compiled)
         focal_sums, dice, jacobians = [], [], []
         for start in range(0, logits.shape[0], chunk):
             low = logits[start:start + chunk]
-            x = F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            v = valid[start:start + chunk].to(x.dtype)
-            tv = (gt[start:start + chunk] & valid[start:start + chunk]).to(x.dtype)
-            flip = torch.mul(tv, -2.0).add_(1.0)
-            s = x.mul_(flip)
-            q = torch.sigmoid(s)
-            ce = F.softplus(s)
-            # alpha_t v q^gamma, alpha_t = alpha for t = 1, 1 - alpha for t = 0
-            weight = torch.mul(v, 1.0 - alpha).add_(tv, alpha=2.0 * alpha - 1.0)
-            weight.mul_(q.square() if gamma == 2.0 else q.pow(gamma))
-            focal_sums.append(_per_mask_dot(weight, ce))
-            pair = torch.empty((low.shape[0], 2, *size), dtype=x.dtype, device=x.device)
-            # d focal / dx = flip alpha_t v q^gamma (gamma (1 - q) ce + q)
-            d_focal = torch.sub(1.0, q, out=pair[:, 0]).mul_(ce).mul_(gamma).add_(q).mul_(weight).mul_(flip)
-            del ce, weight
-            # dice = 1 - N / S with N = 2 sum(p t v) + eps, S = sum(p v) + sum(t v) + eps;
-            # d dice / dx = (N v - 2 S t v) q (1 - q) / S^2
-            p = torch.mul(flip, q).add_(tv)
-            numerator = 2 * _per_mask_dot(p, tv) + eps
-            denominator = _per_mask_dot(p, v) + tv.sum((1, 2)) + eps
-            dice.append(1 - numerator / denominator)
-            d_dice = torch.mul(v, numerator[:, None, None], out=pair[:, 1])
-            d_dice.add_(tv * (-2.0 * denominator)[:, None, None])
-            d_dice.mul_(q).mul_(q.sub_(1.0).neg_()).div_(denominator.square()[:, None, None])
-            del d_focal, p, q, flip
+            try:
+                focal, dice_loss_, pair = terms(low, gt[start:start + chunk], valid[start:start + chunk],
+                                                alpha, gamma, eps)
+            except Exception as err:  # no C++ compiler, or an Inductor failure: the eager terms are equal
+                if terms is _mask_loss_terms:
+                    raise
+                _disable_compiled_terms(err)
+                terms = _mask_loss_terms
+                focal, dice_loss_, pair = terms(low, gt[start:start + chunk], valid[start:start + chunk],
+                                                alpha, gamma, eps)
+            focal_sums.append(focal)
+            dice.append(dice_loss_)
             jacobians.append(torch.ops.aten.upsample_bilinear2d_backward(
                 pair, size, [low.shape[0], 2, *low.shape[-2:]], False))
+            del pair
         jacobians = torch.cat(jacobians)
         ctx.save_for_backward(jacobians[:, 0], jacobians[:, 1])
         return torch.cat(focal_sums), torch.cat(dice)
@@ -169,11 +196,22 @@ class _MatchedMaskLosses(torch.autograd.Function):
     def backward(ctx, grad_focal, grad_dice):
         focal_jac, dice_jac = ctx.saved_tensors
         grad = focal_jac * grad_focal[:, None, None] + dice_jac * grad_dice[:, None, None]
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
+
+
+def _disable_compiled_terms(err: Exception) -> None:
+    global _compiled_terms
+    import logging
+    logging.getLogger("recipes").warning(
+        "torch.compile of the mask losses failed (%s: %s); using the eager path, which computes the same "
+        "losses more slowly. Set loss.compile=False to skip the attempt.", type(err).__name__,
+        str(err).splitlines()[0] if str(err) else "")
+    _compiled_terms = _mask_loss_terms
 
 
 def matched_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.25,
-                        gamma: float = 2.0, eps: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                        gamma: float = 2.0, eps: float = 1.0, compiled: bool = False
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Focal-loss sums and dice losses of low-resolution mask logits against full-resolution masks.
 
     ``logits`` [M, h, w] are bilinearly upsampled (align_corners=False) to the size of
@@ -182,12 +220,15 @@ def matched_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Ten
     :func:`sigmoid_focal_loss` times ``valid``, and :func:`dice_loss` with ``valid``.
     Equal to those functions applied to :func:`align_to_label` output, gradients
     included, at a fraction of the memory (see :class:`_MatchedMaskLosses`).
+    ``compiled=True`` evaluates the element-wise terms through ``torch.compile`` (one fused
+    kernel instead of about twenty passes; about 2x faster on CPU; equal up to float rounding),
+    falling back to eager with a warning where Inductor cannot compile (no C++ compiler).
     """
     if logits.dim() != 3 or gt.shape[0] != logits.shape[0] or gt.shape != valid.shape:
         raise ValueError(f"expected logits [M, h, w], gt and valid [M, H, W]; got {tuple(logits.shape)}, "
                          f"{tuple(gt.shape)} and {tuple(valid.shape)}")
     return _MatchedMaskLosses.apply(logits.float(), gt.bool(), valid.bool(), float(alpha), float(gamma),
-                                    float(eps))
+                                    float(eps), bool(compiled))
 
 
 class SetCriterion:
@@ -205,13 +246,14 @@ class SetCriterion:
     def __init__(self, num_classes: int, matcher: Optional[HungarianMatcher] = None,
                  no_object_weight: float = 0.1, class_weight: float = 1.0, focal_weight: float = 20.0,
                  dice_weight: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 dice_eps: float = 1.0, mask_stride: Optional[int] = 2):
+                 dice_eps: float = 1.0, mask_stride: Optional[int] = 2, compile_mask_losses: bool = False):
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher()
         self.no_object_weight = no_object_weight
         self.class_weight, self.focal_weight, self.dice_weight = class_weight, focal_weight, dice_weight
         self.focal_alpha, self.focal_gamma, self.dice_eps = focal_alpha, focal_gamma, dice_eps
         self.mask_stride = mask_stride
+        self.compile_mask_losses = compile_mask_losses
         self.empty_weight = torch.ones(num_classes + 1)
         self.empty_weight[-1] = no_object_weight
 
@@ -288,7 +330,8 @@ class SetCriterion:
         gt = torch.cat([masks[t] for (_, t), (_, masks, _) in zip(indices, targets)])
         valid = torch.cat([v.expand(len(t), *v.shape) for (_, t), (_, _, v) in zip(indices, targets)])
         height, width = gt.shape[-2:]  # already padded to the predictions' upsampled size
-        focal, dice = matched_mask_losses(src, gt, valid, self.focal_alpha, self.focal_gamma, self.dice_eps)
+        focal, dice = matched_mask_losses(src, gt, valid, self.focal_alpha, self.focal_gamma, self.dice_eps,
+                                          compiled=self.compile_mask_losses)
         loss_focal = focal.sum() / (num_matched * height * width)
         loss_dice = dice.sum() / num_matched
         return {"loss_cls": self.class_weight * loss_cls, "loss_focal": self.focal_weight * loss_focal,

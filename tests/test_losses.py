@@ -244,8 +244,9 @@ def test_per_pixel_cross_entropy():
     z.backward()
 
 
-@pytest.mark.parametrize("gamma, alpha, size", [(2.0, 0.25, (24, 20)), (1.5, 0.6, (17, 33))])
-def test_matched_mask_losses_equal_autograd_through_the_formulas(gamma, alpha, size):
+@pytest.mark.parametrize("gamma, alpha, size, compiled", [(2.0, 0.25, (24, 20), False), (1.5, 0.6, (17, 33), False),
+                                                     (2.0, 0.25, (24, 20), True)])
+def test_matched_mask_losses_equal_autograd_through_the_formulas(gamma, alpha, size, compiled):
     """Values and gradients of the fused path equal autograd through the element-wise definitions."""
     torch.manual_seed(3)
     M, h, w = 6, 7, 9
@@ -260,7 +261,7 @@ def test_matched_mask_losses_equal_autograd_through_the_formulas(gamma, alpha, s
     ref_dice = dice_loss(up, gt.float(), valid.float(), eps=1.0)
     ref_grad, = torch.autograd.grad((ref_focal * weights_focal).sum() + (ref_dice * weights_dice).sum(), logits)
 
-    focal, dice = matched_mask_losses(logits, gt, valid, alpha, gamma, eps=1.0)
+    focal, dice = matched_mask_losses(logits, gt, valid, alpha, gamma, eps=1.0, compiled=compiled)
     grad, = torch.autograd.grad((focal * weights_focal).sum() + (dice * weights_dice).sum(), logits)
     torch.testing.assert_close(focal, ref_focal, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dice, ref_dice, rtol=1e-5, atol=1e-6)
@@ -271,3 +272,21 @@ def test_matched_mask_losses_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="expected logits"):
         matched_mask_losses(torch.zeros(2, 4, 4), torch.zeros(3, 8, 8, dtype=torch.bool),
                             torch.ones(3, 8, 8, dtype=torch.bool))
+
+
+def test_compiled_mask_losses_fall_back_to_eager_with_a_warning(monkeypatch, caplog):
+    import recipes.losses as L
+
+    def no_compiler(*args):
+        raise RuntimeError("InductorError: no working C++ compiler")
+
+    monkeypatch.setattr(L, "_compiled_terms", no_compiler)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 6, requires_grad=True)
+    gt, valid = torch.rand(3, 10, 12) > 0.5, torch.ones(3, 10, 12, dtype=torch.bool)
+    with caplog.at_level("WARNING", logger="recipes"):
+        focal, dice = L.matched_mask_losses(logits, gt, valid, compiled=True)
+    assert "torch.compile of the mask losses failed" in caplog.text and "no working C++ compiler" in caplog.text
+    eager = L.matched_mask_losses(logits, gt, valid, compiled=False)
+    assert torch.equal(focal, eager[0]) and torch.equal(dice, eager[1])
+    assert L._compiled_terms is L._mask_loss_terms        # not tried again
