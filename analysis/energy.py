@@ -89,7 +89,8 @@ from spikingjelly.activation_based import functional
 from torch.overrides import TorchFunctionMode
 
 import zoo
-from zoo.complexity import MacCounter, eval_mode_with_time_steps, layer_macs, mask_order
+from zoo.complexity import MacCounter, eval_mode_with_time_steps, layer_macs
+from zoo.execution import using
 from zoo.spike_driven import SYNAPSES, SpikeDrivenStats, marking_spikes, spike_driven_mode, spike_mark
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "CONVENTION", "EnergyRow", "EnergyReport", "estimate", "estimate_registered"]
@@ -407,7 +408,7 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
 
     Plain networks (no spiking neuron) may run on the ``meta`` device: then nothing is computed.
     The model's train/eval flags and ``T`` are restored and its neurons reset afterwards. Wrap the call
-    in ``zoo.complexity.product_order(model, 'qk_first')`` to count attention in the official order.
+    in ``zoo.execution.using(model, product_order='qk_first')`` to count attention in the official order.
     """
     if images.dim() < 1 or images.shape[0] < 1:
         raise ValueError(f"images must be a batch [N, ...] with N >= 1, got shape {tuple(images.shape)}")
@@ -417,7 +418,7 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode_with_time_steps(model, T))
-            stack.enter_context(mask_order(model, "features_first"))
+            stack.enter_context(using(model, mask_order="features_first"))
             time_steps = getattr(model, "T", None)
             stats = stack.enter_context(spike_driven_mode(model)) if exact else None
             if not exact:

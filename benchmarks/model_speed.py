@@ -63,7 +63,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
-from zoo.complexity import count_macs, mask_order, product_order  # noqa: E402
+from zoo.complexity import count_macs  # noqa: E402
+from zoo.execution import using  # noqa: E402
 from zoo.fuse import fold_batchnorm  # noqa: E402
 
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
@@ -130,7 +131,7 @@ def build(model_name: str, setting: Setting) -> nn.Module:
     model = zoo.create(model_name).eval()
     if setting.folded:
         fold_batchnorm(model)
-    model.keep_neuron_states = setting.keep_states
+    model.set_execution(keep_neuron_states=setting.keep_states)
     return model
 
 
@@ -149,7 +150,7 @@ def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: in
     kwargs = {"all_layers": True} if setting.all_layers else {}
     idle = _status_bytes("VmRSS")
     samples, splits = [], []
-    with product_order(model, setting.order), mask_order(model, setting.mask), torch.inference_mode():
+    with using(model, product_order=setting.order, mask_order=setting.mask), torch.inference_mode():
         for i in range(2 + repeats):
             spent.update(dict.fromkeys(groups, 0.0))
             start = time.perf_counter()

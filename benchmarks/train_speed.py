@@ -13,12 +13,12 @@ Rows (cumulative):
   prediction saved), the dense mask einsum, every neuron's final state kept, spikes saved as floats;
 - + fused mask losses (recipes.losses.matched_mask_losses: gradients formed in forward);
 - + mask product skipping zero gradient rows (zoo.spike2former.sdme.mask_product);
-- + unread final neuron states dropped (SegmentationModel.keep_neuron_states = False);
+- + unread final neuron states dropped (``model.execution.keep_neuron_states = False``);
 - + spikes saved for backward as uint8 counts (neurons.saved_spikes);
-- + the mask product associated as (e W) x + e b (Spike2Former.mask_order = 'auto'):
+- + the mask product associated as (e W) x + e b (``model.execution.mask_order = 'auto'``):
   no 256 x 256 mask-feature conv at 1/2 scale, forward or backward, and no 1/2-scale map saved for it;
 - + outputs of cheap layers (at most 64 MACs per element: depth-wise and thin 1x1 convs) recomputed
-  in backward instead of saved (SegmentationModel.recompute_macs_per_output; the default).
+  in backward instead of saved (``model.execution.recompute_macs_per_output``; the default).
 
 As in the training engine, the model's outputs are not kept alive through backward.
 
@@ -109,11 +109,8 @@ def measure(args, setting: Setting) -> dict:
         sdme.mask_product = dense_mask_product
     torch.manual_seed(0)
     model = zoo.create(args.model).train()
-    model.keep_neuron_states = not setting.drop_final_states
-    model.compact_saved_spikes = setting.compact_spikes
-    model.recompute_macs_per_output = setting.recompute_macs_per_output
-    if hasattr(model, "mask_order"):
-        model.mask_order = setting.mask_order
+    model.set_execution(keep_neuron_states=not setting.drop_final_states, compact_saved_spikes=setting.compact_spikes,
+                        recompute_macs_per_output=setting.recompute_macs_per_output, mask_order=setting.mask_order)
     num_classes = model.pretrained_cfg.num_classes
     if hasattr(model, "sdme"):
         criterion = SetCriterion(num_classes, HungarianMatcher(cost_class=MASK_LOSS["class_weight"],

@@ -212,7 +212,7 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
             if stale:
                 raise RuntimeError(f"the weight or input of {layer} was modified in place between forward and "
                                    "backward; its output, dropped to save memory, cannot be recomputed (turn "
-                                   "recomputation off: model.recompute_macs_per_output = 0)")
+                                   "recomputation off: model.set_execution(recompute_macs_per_output=0))")
             x = unpack(saved.input)
             autocast = (torch.autocast(saved.autocast[0], dtype=saved.autocast[1]) if saved.autocast
                         else contextlib.nullcontext())

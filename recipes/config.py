@@ -160,7 +160,8 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
              "num_workers": _Check("int", 0), "val_limit": _Check("int", 1, optional=True)},
     "loss": {"type": _Check("str", choices=("mask_classification", "per_pixel")),
              "no_object_weight": _Check("float", 0), "class_weight": _Check("float", 0),
-             "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0), "compile": _Check("bool")},
+             "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0), "compile": _Check("bool"),
+             "num_points": _Check("int", 1, optional=True)},
     "optim": {"lr": _Check("float", 0, low_open=True), "weight_decay": _Check("float", 0),
               "betas": _Check("floats", 0, 1, length=2, high_open=True), "backbone_lr_mult": _Check("float", 0),
               "grad_clip": _Check("float", 0, optional=True, low_open=True), "warmup_iters": _Check("int", 0),
@@ -171,7 +172,7 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
 }
 # the per-pixel loss has no mask-classification weights
 _OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight",
-                  "loss.compile"}
+                  "loss.compile", "loss.num_points"}
 
 
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:

@@ -326,7 +326,8 @@ def build_criterion(recipe: Dict[str, Any], num_classes: int):
                                      cost_dice=loss["dice_weight"])
     return losses.SetCriterion(num_classes, match, no_object_weight=loss["no_object_weight"],
                                class_weight=loss["class_weight"], focal_weight=loss["focal_weight"],
-                               dice_weight=loss["dice_weight"], compile_mask_losses=loss.get("compile", False))
+                               dice_weight=loss["dice_weight"], compile_mask_losses=loss.get("compile", False),
+                               num_points=loss.get("num_points"))
 
 
 def _targets(batch: Dict[str, Any], device):

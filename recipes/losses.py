@@ -30,6 +30,14 @@ official one when no pixel is ignored. The matcher gets the same valid map, so
 matching costs and losses agree. The classification loss is unaffected (a
 class present only under ignored pixels cannot appear: those pixels have no class).
 
+Point sampling (``num_points``, off by default as in the official code): the focal and dice
+losses are evaluated at ``num_points`` points per matched mask instead of every pixel, chosen as
+Mask2Former does (3x oversampled uniform points, the 75% most uncertain kept, 25% uniform). Logits are
+sampled bilinearly at the points (the same values the full-resolution upsampling gives at pixel
+centres) and targets read from the pixel under each point; the focal loss becomes the mean over the
+points (the full-resolution sum divided by H x W, estimated). 12,544 points at 352x480 evaluate 7% of
+the pixels.
+
 Resolution: the models pad the input to a multiple of 32 (bottom/right) and
 predict masks at half the *padded* size, while labels usually have the
 unpadded size. With ``mask_stride=2`` (default) a label [H, W] is padded with
@@ -50,7 +58,7 @@ import torch.nn.functional as F
 from .matcher import HungarianMatcher, semantic_to_targets
 
 __all__ = ["SetCriterion", "PerPixelCrossEntropy", "sigmoid_focal_loss", "dice_loss", "align_to_label",
-           "matched_mask_losses"]
+           "matched_mask_losses", "point_mask_losses", "sample_uncertain_points", "sample_logits", "sample_masks"]
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -231,6 +239,68 @@ def matched_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Ten
                                     float(eps), bool(compiled))
 
 
+# Mask2Former's point sampling: of oversample_ratio x num_points uniform points, the
+# importance_sample_ratio x num_points with the most uncertain logits (|x| smallest), and the rest uniform.
+OVERSAMPLE_RATIO = 3.0
+IMPORTANCE_SAMPLE_RATIO = 0.75
+
+
+def sample_uncertain_points(logits: torch.Tensor, num_points: int, oversample_ratio: float = OVERSAMPLE_RATIO,
+                            importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO) -> torch.Tensor:
+    """Point coordinates [M, num_points, 2] as (y, x) in [0, 1) for mask logits [M, h, w].
+
+    Draws ``oversample_ratio * num_points`` uniform points per mask, keeps the
+    ``importance_sample_ratio * num_points`` whose bilinearly sampled logit is closest to 0 (the
+    most uncertain), and adds uniform points for the rest (Mask2Former's scheme; the global torch
+    RNG, so a resumed run draws the same points).
+    """
+    masks = logits.shape[0]
+    drawn = max(num_points, int(num_points * oversample_ratio))
+    candidates = torch.rand(masks, drawn, 2, device=logits.device)
+    with torch.no_grad():
+        uncertainty = -sample_logits(logits.detach(), candidates).abs()
+    important = int(num_points * importance_sample_ratio)
+    top = uncertainty.topk(important, dim=1).indices
+    chosen = candidates.gather(1, top[..., None].expand(-1, -1, 2))
+    uniform = torch.rand(masks, num_points - important, 2, device=logits.device)
+    return torch.cat([chosen, uniform], dim=1)
+
+
+def sample_logits(logits: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples [M, N] of logits [M, h, w] at points [M, N, 2] ((y, x) in [0, 1]).
+
+    The value at a full-resolution pixel centre equals that pixel of the bilinear upsampling
+    (align_corners=False) the full-resolution losses use: both read the low-resolution map at the same
+    continuous position and clamp at the border.
+    """
+    grid = points.flip(-1).mul(2.0).sub(1.0)[:, None]  # grid_sample wants (x, y) in [-1, 1]
+    return F.grid_sample(logits[:, None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[:, 0, 0]
+
+
+def sample_masks(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The pixels [M, N] of masks [M, H, W] (any dtype) that contain points [M, N, 2] ((y, x) in [0, 1))."""
+    height, width = masks.shape[-2:]
+    rows = (points[..., 0] * height).long().clamp_(0, height - 1)
+    cols = (points[..., 1] * width).long().clamp_(0, width - 1)
+    return masks.flatten(1).gather(1, rows * width + cols)
+
+
+def point_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, points: torch.Tensor,
+                      alpha: float = 0.25, gamma: float = 2.0, eps: float = 1.0
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Focal-loss means and dice losses of mask logits [M, h, w] at points [M, N, 2] of the masks
+    ``gt``/``valid`` [M, H, W]: per mask the mean over the points of the focal loss times ``valid``,
+    and the dice loss over the points. With one point at every pixel centre these are the
+    full-resolution :func:`matched_mask_losses` (focal divided by H x W).
+    """
+    x = sample_logits(logits.float(), points)
+    v = sample_masks(valid, points).to(x.dtype)
+    t = sample_masks(gt & valid, points).to(x.dtype)
+    focal = (sigmoid_focal_loss(x, t, alpha, gamma) * v).mean(1)
+    return focal, dice_loss(x, t, v, eps)
+
+
 class SetCriterion:
     """Spike2Former's loss: Hungarian matching + CE / focal / dice on every prediction.
 
@@ -246,7 +316,8 @@ class SetCriterion:
     def __init__(self, num_classes: int, matcher: Optional[HungarianMatcher] = None,
                  no_object_weight: float = 0.1, class_weight: float = 1.0, focal_weight: float = 20.0,
                  dice_weight: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 dice_eps: float = 1.0, mask_stride: Optional[int] = 2, compile_mask_losses: bool = False):
+                 dice_eps: float = 1.0, mask_stride: Optional[int] = 2, compile_mask_losses: bool = False,
+                 num_points: Optional[int] = None):
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher()
         self.no_object_weight = no_object_weight
@@ -254,6 +325,7 @@ class SetCriterion:
         self.focal_alpha, self.focal_gamma, self.dice_eps = focal_alpha, focal_gamma, dice_eps
         self.mask_stride = mask_stride
         self.compile_mask_losses = compile_mask_losses
+        self.num_points = num_points
         self.empty_weight = torch.ones(num_classes + 1)
         self.empty_weight[-1] = no_object_weight
 
@@ -330,9 +402,15 @@ class SetCriterion:
         gt = torch.cat([masks[t] for (_, t), (_, masks, _) in zip(indices, targets)])
         valid = torch.cat([v.expand(len(t), *v.shape) for (_, t), (_, _, v) in zip(indices, targets)])
         height, width = gt.shape[-2:]  # already padded to the predictions' upsampled size
-        focal, dice = matched_mask_losses(src, gt, valid, self.focal_alpha, self.focal_gamma, self.dice_eps,
-                                          compiled=self.compile_mask_losses)
-        loss_focal = focal.sum() / (num_matched * height * width)
+        if self.num_points:
+            points = sample_uncertain_points(src, self.num_points)
+            focal, dice = point_mask_losses(src, gt, valid, points, self.focal_alpha, self.focal_gamma,
+                                            self.dice_eps)
+            loss_focal = focal.sum() / num_matched
+        else:
+            focal, dice = matched_mask_losses(src, gt, valid, self.focal_alpha, self.focal_gamma, self.dice_eps,
+                                              compiled=self.compile_mask_losses)
+            loss_focal = focal.sum() / (num_matched * height * width)
         loss_dice = dice.sum() / num_matched
         return {"loss_cls": self.class_weight * loss_cls, "loss_focal": self.focal_weight * loss_focal,
                 "loss_dice": self.dice_weight * loss_dice}

@@ -20,7 +20,8 @@ from analysis.energy import CONVENTION, E_AC_PJ, E_MAC_PJ, estimate
 from neurons import NILIFNode
 from conftest import lively, tiny
 from test_spike_driven_models import DENSE_SUFFIXES, expected_unit
-from zoo.complexity import count_macs, product_order
+from zoo.complexity import count_macs
+from zoo.execution import using
 from zoo.layers.common import multistep
 from zoo.spike_driven import spike_driven_forward
 
@@ -274,7 +275,7 @@ def tiny_run(request):
             parent = module_name.rsplit(".", 1)[0]
             handles.append(module.register_forward_hook(
                 lambda m, args, out, key=(parent, SPIKE_SOURCES[leaf]): spikes.__setitem__(key, out.detach().clone())))
-    with product_order(model, "kv_first"):
+    with using(model, product_order="kv_first"):
         report = estimate(model, images)
     for handle in handles:
         handle.remove()
@@ -296,7 +297,7 @@ def test_mac_rows_are_the_analog_inputs_of_the_design(tiny_run):
 
 def test_dense_macs_are_count_macs(tiny_run):
     model, images, report, _, _, _ = tiny_run
-    with product_order(model, "kv_first"):  # the energy counts the mask features conv as the paper defines it
+    with using(model, product_order="kv_first"):  # the energy counts the mask features conv as the paper defines it
         assert report.dense_macs == count_macs(model, tuple(images.shape[-2:]), device=None,
                                                mask_order_override="features_first").total
 

@@ -107,3 +107,4 @@ def test_restores_mode_T_and_product_order():
     assert model.training and all(m.training for m in model.modules())
     assert model.T == 2
     assert {m.product_order for m in model.modules() if hasattr(m, "product_order")} == {"auto"}
+    assert model.execution.product_order == "auto"

@@ -1,6 +1,7 @@
 """SetCriterion and PerPixelCrossEntropy against their formulas written out in the test."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,3 +291,53 @@ def test_compiled_mask_losses_fall_back_to_eager_with_a_warning(monkeypatch, cap
     eager = L.matched_mask_losses(logits, gt, valid, compiled=False)
     assert torch.equal(focal, eager[0]) and torch.equal(dice, eager[1])
     assert L._compiled_terms is L._mask_loss_terms        # not tried again
+
+
+def test_point_losses_at_every_pixel_centre_equal_the_full_resolution_losses():
+    """One point per full-resolution pixel centre: the point losses are the full-resolution ones
+    (focal divided by H x W), values and gradients; the logits are sampled as the upsampling reads them."""
+    from recipes.losses import point_mask_losses
+    torch.manual_seed(5)
+    M, h, w, H, W = 4, 6, 7, 12, 14
+    logits = (3 * torch.randn(M, h, w)).requires_grad_()
+    gt = torch.rand(M, H, W) > 0.5
+    valid = (torch.rand(H, W) > 0.2).expand(M, H, W)
+    rows, cols = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing="ij")
+    points = torch.stack([rows, cols], -1).reshape(1, H * W, 2).expand(M, -1, -1)
+    focal, dice = point_mask_losses(logits, gt, valid, points)
+    ref_focal, ref_dice = matched_mask_losses(logits, gt, valid)
+    torch.testing.assert_close(focal * H * W, ref_focal, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dice, ref_dice, rtol=1e-5, atol=1e-6)
+    grad, = torch.autograd.grad((focal * H * W).sum() + dice.sum(), logits)
+    ref_grad, = torch.autograd.grad(ref_focal.sum() + ref_dice.sum(), logits)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_uncertain_points_are_the_candidates_nearest_the_decision_boundary():
+    from recipes.losses import sample_logits, sample_uncertain_points
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(3, 10, 12)
+    torch.manual_seed(1)
+    points = sample_uncertain_points(logits, num_points=40, oversample_ratio=3.0, importance_sample_ratio=0.75)
+    torch.manual_seed(1)
+    candidates = torch.rand(3, 120, 2)  # the same draw, selected here by sorting in numpy
+    assert points.shape == (3, 40, 2) and bool(((points >= 0) & (points < 1)).all())
+    for m in range(3):
+        magnitude = sample_logits(logits[m:m + 1], candidates[m:m + 1])[0].abs().numpy()
+        expected = candidates[m][np.argsort(magnitude, kind="stable")[:30]]
+        assert sorted(map(tuple, points[m, :30].tolist())) == sorted(map(tuple, expected.tolist()))
+
+
+def test_point_sampled_criterion_trains_and_draws_from_the_global_rng():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, requires_grad=True)
+    masks = torch.randn(2, 5, 8, 10, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 16, 20))
+    criterion = SetCriterion(3, num_points=50)
+    torch.manual_seed(7)
+    first = criterion({"pred_logits": logits, "pred_masks": masks}, labels)
+    torch.manual_seed(7)
+    again = criterion({"pred_logits": logits, "pred_masks": masks}, labels)
+    assert float(first["loss"].detach()) == float(again["loss"].detach())
+    first["loss"].backward()
+    assert masks.grad.abs().sum() > 0

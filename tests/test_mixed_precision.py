@@ -35,7 +35,7 @@ def test_bf16_autocast_step_keeps_neuron_states_in_fp32(device):
     torch.manual_seed(0)
     images = torch.randn(2, 3, 64, 64)
     model = lively(tiny("spike2former_camvid", T=2), images).train().to(device)
-    model.keep_neuron_states = True
+    model.set_execution(keep_neuron_states=True)
     images = images.to(device)
     labels = F.interpolate(torch.randint(0, 11, (2, 1, 4, 4)).float(), size=(64, 64))[:, 0].long().to(device)
 

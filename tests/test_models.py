@@ -61,7 +61,7 @@ def _masks(out):
 def test_neurons_reset_at_every_forward(name, monkeypatch):
     images = torch.randn(1, 3, 64, 64)
     model = lively(tiny(name, T=2), images)
-    model.keep_neuron_states = True  # leftover states would leak into the next forward without the reset
+    model.set_execution(keep_neuron_states=True)  # leftover states would leak into the next forward without the reset
     with torch.no_grad():
         first, second = _masks(model(images)), _masks(model(images))
         assert torch.equal(first, second)
@@ -154,7 +154,7 @@ def test_inference_drops_neuron_states_without_changing_outputs(name):
     with torch.no_grad():
         dropped = model(images)
         assert all(n.v == 0.0 for n in model.modules() if isinstance(n, NILIFNode))
-        model.keep_neuron_states = True
+        model.set_execution(keep_neuron_states=True)
         kept = model(images)
     assert any(isinstance(n.v, torch.Tensor) for n in model.modules() if isinstance(n, NILIFNode))
     a, b = (dropped["pred_masks"], kept["pred_masks"]) if isinstance(kept, dict) else (dropped, kept)
@@ -172,7 +172,7 @@ def test_mask_order_skips_the_mask_feature_conv(name, T):
     model.pixel_decoder.mask_feature.conv.register_forward_hook(lambda *args: calls.append(1))
     results = {}
     for order in ("auto", "features_first"):
-        model.mask_order = order
+        model.set_execution(mask_order=order)
         with torch.no_grad():
             results[order] = [model(images, all_layers=all_layers) for all_layers in (False, True)]
         results[order].append(len(calls))
@@ -183,9 +183,8 @@ def test_mask_order_skips_the_mask_feature_conv(name, T):
             scale = paper[key].abs().max()
             assert scale > 0
             assert (auto[key] - paper[key]).abs().max() <= 1e-5 * scale
-    model.mask_order = "features first"
     with pytest.raises(ValueError, match="mask_order"):
-        model(images)
+        model.set_execution(mask_order="features first")
 
 
 @pytest.mark.parametrize("T", [1, 2])
@@ -194,7 +193,7 @@ def test_mask_order_gives_the_same_gradients_in_training(T):
     model = lively(tiny("spike2former_ade20k", T=T), images, grid=0).train()
     grads = {}
     for order in ("auto", "features_first"):
-        model.mask_order = order
+        model.set_execution(mask_order=order)
         model.zero_grad()
         out = model(images)
         # a loss that reaches every query state and every mask pixel, like the set criterion's

@@ -92,7 +92,7 @@ def test_every_model_trains_with_identical_gradients(name, variant):
     images = torch.randn(2, 3, 64, 64)
     model = lively(tiny(name, **variant), images).train()
     reference = copy.deepcopy(model)
-    reference.compact_saved_spikes = False
+    reference.set_execution(compact_saved_spikes=False)
 
     def step(m):
         torch.manual_seed(3)  # dropout draws the same masks

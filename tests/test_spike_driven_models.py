@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import conftest
 import zoo
-from zoo.complexity import mask_order
+from zoo.execution import using
 import zoo.spike_driven as sd
 from neurons import NILIFNode
 from zoo.spike_driven import SpikeTensor, spike_driven_forward, spike_driven_mode
@@ -95,7 +95,7 @@ def test_spike_driven_model_equals_integer_model(name, kwargs):
              for m in model.modules() if isinstance(m, NILIFNode)]
     hooks += [m.register_forward_pre_hook(lambda m, i, n=n: inputs.setdefault(n, []).append(i[0].detach()))
               for n, m in model.named_modules() if isinstance(m, SYNAPSES)]
-    with torch.no_grad(), mask_order(model, "features_first"):  # every layer, as spike_driven_mode runs them
+    with torch.no_grad(), using(model, mask_order="features_first"):  # every layer, as spike_driven_mode runs them
         expected = run(model, images)
     for h in hooks:
         h.remove()

@@ -14,6 +14,7 @@ from neurons import NILIFNode
 from neurons.saved_spikes import compact_saved_spikes
 
 from . import hub
+from .execution import ExecutionOptions, as_options
 
 __all__ = ["SegmentationModel"]
 
@@ -36,16 +37,6 @@ class SegmentationModel(nn.Module):
     """
 
     size_divisor = 32
-    # Neurons are reset before every forward, so their final membrane states are never read;
-    # set True to inspect ``v`` after a forward (costs memory and two passes per neuron).
-    keep_neuron_states = False
-    # In training, spikes kept for backward are stored as 1-byte counts (neurons.saved_spikes):
-    # identical gradients, a quarter of their memory, two cheap conversions per saved spike tensor.
-    compact_saved_spikes = True
-    # ... and the outputs of Conv/Linear layers costing at most this many multiply-adds per element
-    # (depth-wise and thin 1x1 convs) are recomputed in backward instead of kept (BatchNorm inputs):
-    # same gradients, about 0.25 GB less for spike2former_ade20k at 512x512; 0 turns it off.
-    recompute_macs_per_output = 64
 
     def __init__(self, T: int = 1, official: bool = False):
         super().__init__()
@@ -53,6 +44,25 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"T (time steps) must be an int >= 1, got {T!r}")
         self.T = T
         self.official = official
+        self._execution = ExecutionOptions()
+
+    @property
+    def execution(self) -> ExecutionOptions:
+        """How the model computes (:class:`zoo.execution.ExecutionOptions`); assign options or a dict to change it."""
+        return self._execution
+
+    @execution.setter
+    def execution(self, value) -> None:
+        options = as_options(value)
+        self._execution = options
+        for module in self.modules():  # the attention layers carry their own product order
+            if module is not self and hasattr(module, "product_order"):
+                module.product_order = options.product_order
+
+    def set_execution(self, **changes) -> "SegmentationModel":
+        """Change some execution options (``model.set_execution(keep_neuron_states=True)``); returns the model."""
+        self.execution = self._execution.replace(**changes)
+        return self
 
     def check_images(self, images: torch.Tensor) -> None:
         """Reject images that would fail deep inside the network or, worse, give a silent wrong answer.
@@ -89,9 +99,9 @@ class SegmentationModel(nn.Module):
                 "(a failed read, a division by a zero std)")
 
     def saving_memory_for_backward(self) -> ContextManager:
-        """The context a training forward runs in (see ``compact_saved_spikes``)."""
-        if self.compact_saved_spikes and self.training and torch.is_grad_enabled():
-            return compact_saved_spikes(self, self.recompute_macs_per_output)
+        """The context a training forward runs in (see ``ExecutionOptions.compact_saved_spikes``)."""
+        if self._execution.compact_saved_spikes and self.training and torch.is_grad_enabled():
+            return compact_saved_spikes(self, self._execution.recompute_macs_per_output)
         return contextlib.nullcontext()
 
     def to_sequence(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -104,7 +114,7 @@ class SegmentationModel(nn.Module):
         functional.reset_net(self)
         for node in self.modules():
             if isinstance(node, NILIFNode):
-                node.keep_state = self.keep_neuron_states
+                node.keep_state = self._execution.keep_neuron_states
         height, width = images.shape[-2:]
         pad_h = -height % self.size_divisor
         pad_w = -width % self.size_divisor

@@ -33,15 +33,15 @@ zero image on the model's own device (one inference's time and memory).
 Convention of the ``macs`` recorded in the pretrained configs: the ``total`` (all
 kinds) of ``count_macs(model, cfg.crop_size, T=1)`` in eval mode, i.e. what
 inference executes per time step (Spike2Former: last query state only, attention
-and mask products in the model's default orders, ``product_order`` and ``mask_order``).
-A forward at T time steps executes T times this; the energy convention of DESIGN
-section 7 multiplies the per-step count by T.
+and mask products in the model's default orders, ``model.execution``).
+A forward at T time steps executes T times this; the energy convention of
+``analysis.energy`` multiplies the per-step count by T.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -51,11 +51,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from neurons.saved_spikes import macs_per_output
 
 from .backbones.meta_spikeformer import SpikeDrivenSelfAttention
+from .execution import using
 from .spike2former.sdme import SDME
 from .spike2former.transformer_decoder import SpikeDrivenAttention
 
 __all__ = ["KINDS", "CONVENTIONS", "PRODUCT_KINDS", "LayerMacs", "MacReport", "count_macs",
-           "product_order", "mask_order", "MacCounter", "layer_macs", "eval_mode_with_time_steps"]
+           "MacCounter", "layer_macs", "eval_mode_with_time_steps"]
 
 KINDS = ("conv_linear", "attention_product", "deformable_sampling", "mask_einsum", "other_product")
 
@@ -239,29 +240,6 @@ class MacCounter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def _set_on_every_module(model: nn.Module, attribute: str, value: Optional[str]) -> Iterator[nn.Module]:
-    modules = [m for m in model.modules() if hasattr(m, attribute)] if value else []
-    saved = [getattr(m, attribute) for m in modules]
-    for m in modules:
-        setattr(m, attribute, value)
-    try:
-        yield model
-    finally:
-        for m, old in zip(modules, saved):
-            setattr(m, attribute, old)
-
-
-def product_order(model: nn.Module, order: Optional[str]) -> ContextManager[nn.Module]:
-    """Temporarily set ``product_order`` (e.g. 'qk_first') on every module that has one; None: no change."""
-    return _set_on_every_module(model, "product_order", order)
-
-
-def mask_order(model: nn.Module, order: Optional[str]) -> ContextManager[nn.Module]:
-    """Temporarily set ``mask_order`` (Spike2Former: 'features_first' for the paper's order) where it exists."""
-    return _set_on_every_module(model, "mask_order", order)
-
-
-@contextlib.contextmanager
 def eval_mode_with_time_steps(model: nn.Module, T: Optional[int]) -> Iterator[None]:
     """Within the block ``model`` is in eval mode and runs ``T`` time steps (None: its own); both restored."""
     modes = {m: m.training for m in model.modules()}
@@ -290,9 +268,9 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     :param T: time steps to run with (None: the model's own ``T``). Counts scale with T.
     :param device: 'meta' (no computation, parameters never touched) or None to run a real
         forward on a zero image on the model's own device.
-    :param product_order_override: run attention in this order (see ``PRODUCT_ORDERS`` of the
-        transformer decoder), e.g. 'qk_first' for the official ``(Q K^T) V``.
-    :param mask_order_override: Spike2Former's ``mask_order``, e.g. 'features_first' for the
+    :param product_order_override: run attention in this order (``ExecutionOptions.product_order``),
+        e.g. 'qk_first' for the official ``(Q K^T) V``.
+    :param mask_order_override: ``ExecutionOptions.mask_order``, e.g. 'features_first' for the
         official mask features conv followed by the mask product.
     :param forward_kwargs: passed to the forward, e.g. ``all_layers=True`` for all 7 predictions.
 
@@ -302,8 +280,8 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     height, width = image_size
     counter = MacCounter(model)
     try:
-        with eval_mode_with_time_steps(model, T), product_order(model, product_order_override), \
-                mask_order(model, mask_order_override):
+        with eval_mode_with_time_steps(model, T), \
+                using(model, product_order=product_order_override, mask_order=mask_order_override):
             time_steps = getattr(model, "T", 1)
             if device is None:
                 reference = next(model.parameters())

@@ -45,7 +45,7 @@ def load_weights(model: nn.Module, name: str, state_dict: Dict[str, Any], source
 
 def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.PathLike] = None,
            pretrained_cfg_overlay: Optional[Dict[str, Any]] = None, cache_dir: Optional[hub.PathLike] = None,
-           local_files_only: Optional[bool] = None, **kwargs) -> nn.Module:
+           local_files_only: Optional[bool] = None, execution: Optional[Any] = None, **kwargs) -> nn.Module:
     """Build ``name`` (``arch`` or ``arch.tag``) and optionally load weights.
 
     - ``pretrained=True``: the config's Hub weights through ``hf_hub_download``
@@ -54,6 +54,8 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
       the official code's, or an ImageNet backbone's: converted automatically) or
       a folder written by ``save_pretrained`` (its saved constructor arguments
       are reused). ``name`` may itself be such a folder.
+    - ``execution``: how the model computes (:class:`zoo.execution.ExecutionOptions` or a dict of
+      its fields, e.g. ``{"mask_order": "features_first"}``); readable as ``model.execution``.
     - ``kwargs`` override the constructor arguments the config implies.
     """
     saved = None
@@ -76,6 +78,10 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
     model = get_builder(name)(**model_args)
     model.pretrained_cfg = cfg
     model.model_args = model_args
+    if execution is not None:
+        if not hasattr(model, "execution"):
+            raise ValueError(f"{name} has no execution options (only the segmentors have them)")
+        model.execution = execution
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
     elif pretrained:

@@ -72,7 +72,7 @@ from spikingjelly.activation_based import neuron as sj_neuron
 from neurons.nilif import NILIFNode
 from neurons.saved_spikes import macs_per_output
 
-from .complexity import mask_order
+from .execution import using
 
 __all__ = ["SpikeTensor", "SynapseRow", "SpikeDrivenStats", "spike_driven_mode", "spike_driven_forward",
            "spike_mark", "marking_spikes",
@@ -413,7 +413,7 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
     try:
         with contextlib.ExitStack() as stack:
             # the layers as the paper defines them (Spike2Former's mask-feature conv runs on its spikes)
-            stack.enter_context(mask_order(model, "features_first"))
+            stack.enter_context(using(model, mask_order="features_first"))
             stack.enter_context(marking_spikes(model))
             for name, module in model.named_modules():
                 if isinstance(module, SYNAPSES):

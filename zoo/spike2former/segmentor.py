@@ -13,9 +13,8 @@ from .pixel_decoder import SpikePixelDecoder
 from .sdme import SDME
 from .transformer_decoder import SpikeTransformerDecoder
 
-__all__ = ["Spike2Former", "MASK_ORDERS"]
+__all__ = ["Spike2Former"]
 
-MASK_ORDERS = ("auto", "features_first")
 
 
 class Spike2Former(SegmentationModel):
@@ -31,7 +30,7 @@ class Spike2Former(SegmentationModel):
     Widths and depths default to the paper's ADE20K model (34,361,112 parameters);
     the ablation switches are those of the paper's Table 3.
 
-    ``mask_order`` (attribute, one of :data:`MASK_ORDERS`): 'features_first' computes the mask
+    ``model.execution.mask_order`` (:data:`zoo.execution.MASK_ORDERS`): 'features_first' computes the mask
     features ``P = W x + b`` (the pixel decoder's last 1x1 conv) and then ``e P``, as the paper
     and the released code do; 'auto' (default) computes ``(e W) x + e b`` instead when that is
     cheaper: in inference (100 queries < 256 channels) it saves the 256 x 256 conv at 1/2 scale,
@@ -71,13 +70,9 @@ class Spike2Former(SegmentationModel):
         self.sdme = SDME(dim=feat_channels, num_queries=num_queries, num_classes=num_classes, neuron=sn,
                          me_shortcut=me_shortcut, shortcut_conv=shortcut_conv)
 
-        self.mask_order = "auto"
-
     def _projection_last(self, all_layers: bool) -> bool:
         """Whether this forward multiplies the mask embeddings into the mask-feature conv first."""
-        if self.mask_order not in MASK_ORDERS:
-            raise ValueError(f"mask_order must be one of {MASK_ORDERS}, got {self.mask_order!r}")
-        if self.mask_order == "features_first":
+        if self.execution.mask_order == "features_first":
             return False
         conv = self.pixel_decoder.mask_feature.conv
         states = 1 + len(self.transformer_decoder.layers) if all_layers else 1

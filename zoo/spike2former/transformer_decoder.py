@@ -29,16 +29,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..execution import PRODUCT_ORDERS
 from ..hub import UnknownKeysError
 from ..layers.common import NeuronFactory, neuron_factory
 from ..layers.position import SinePositionalEncoding
 
 __all__ = [
     "SpikingLinearBN", "SpikeDrivenAttention", "spike_driven_attention_product", "SpikingFFN",
-    "SDTDLayer", "SpikeTransformerDecoder", "convert_official_decoder", "PRODUCT_ORDERS",
+    "SDTDLayer", "SpikeTransformerDecoder", "convert_official_decoder",
 ]
 
-PRODUCT_ORDERS = ("auto", "qk_first", "kv_first")
 
 
 class SpikingLinearBN(nn.Module):

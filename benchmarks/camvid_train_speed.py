@@ -1,0 +1,75 @@
+"""The ``camvid`` recipe's training iteration through ``python -m recipes train``, from the path of
+2026-11-28 (PyTorch's thread and malloc defaults, eager mask losses at every label pixel) to
+today's default, one change added per row; real CamVid, batch 4, 352x480 crops, the recipe's one
+data-loading worker, everything an iteration does (loading, matching, losses, backward, AdamW).
+
+Rows run in turn, each in a fresh process, for ``--iters`` iterations; medians of the iterations
+after the first (which starts the workers and compiles). ``--rounds 2`` runs the whole table twice,
+interleaved, and reports the median per row over all its iterations, which evens out a shared VM's
+drift. The ratio column divides the first row's median by each row's, within this one run.
+
+    python benchmarks/camvid_train_speed.py [--iters 12] [--rounds 2] [--data ../shared/data/camvid]
+
+Target (issue 11): the default at least 2x faster than the first row.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cli_runtime import REPO, iteration_times  # noqa: E402
+
+ROWS = [
+    ("2026-11-28 path: PyTorch defaults, eager full-resolution mask losses",
+     {"SPIKEZOO_RUNTIME": "off"}, ["loss.compile=False"]),
+    ("+ CLI runtime (short OpenMP spin, 2 threads, malloc keeps freed memory)", {}, ["loss.compile=False"]),
+    ("+ mask losses compiled (loss.compile, the default)", {}, []),
+    ("+ mask losses at 12,544 sampled points (loss.num_points=12544)", {}, ["loss.num_points=12544"]),
+]
+
+
+def run(env_extra: dict, overrides: list, data: str, iters: int, out: Path) -> list:
+    import subprocess
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME",
+                        "SPIKEZOO_SET_GOMP_SPINCOUNT") and not k.startswith("MALLOC_")}
+    env.update(env_extra)
+    sets = [f"data.root={data}", f"train.iters={iters}", "train.log_interval=1", f"train.eval_interval={iters + 1}",
+            f"train.checkpoint_interval={iters + 1}", *overrides]
+    subprocess.run([sys.executable, "-m", "recipes", "train", "camvid", "--out", str(out), "--no-progress",
+                    "--device", "cpu", *[arg for s in sets for arg in ("--set", s)]],
+                   cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    return iteration_times(out / "log.csv")[1:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--iters", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    times = {name: [] for name, _, _ in ROWS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for i, (name, env, overrides) in enumerate(ROWS):
+                measured = run(env, overrides, args.data, args.iters, Path(tmp) / f"{round_}-{i}")
+                times[name] += measured
+                print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+    base = statistics.median(times[ROWS[0][0]])
+    print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
+          f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
+    print("| path | s / iteration (median) | first row / this |")
+    print("|---|---|---|")
+    for name, _, _ in ROWS:
+        median = statistics.median(times[name])
+        print(f"| {name} | {median:.3f} | {base / median:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""zoo.execution: one options object for how a segmentor computes; the defaults against the reference path."""
+import pytest
+import torch
+
+import zoo
+from conftest import TINY_SPIKE2FORMER, lively, segmentors, tiny
+from zoo.execution import ExecutionOptions, using
+
+
+def test_options_are_set_at_creation_and_reach_the_attention_layers():
+    model = zoo.create("spike2former_ade20k", **TINY_SPIKE2FORMER,
+                       execution={"product_order": "qk_first", "mask_order": "features_first"})
+    assert model.execution == ExecutionOptions(product_order="qk_first", mask_order="features_first")
+    orders = {m.product_order for m in model.modules() if m is not model and hasattr(m, "product_order")}
+    assert orders == {"qk_first"}
+    with using(model, product_order="kv_first", keep_neuron_states=True):
+        assert model.execution.keep_neuron_states
+        assert {m.product_order for m in model.transformer_decoder.modules() if hasattr(m, "product_order")} == \
+            {"kv_first"}
+    assert model.execution.product_order == "qk_first" and not model.execution.keep_neuron_states
+    assert model.set_execution(recompute_macs_per_output=0) is model
+    assert model.execution.recompute_macs_per_output == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"mask_order": "paper"}, "mask_order must be one of"),
+    ({"product_order": "qk"}, "product_order must be one of"),
+    ({"recompute_macs_per_output": -1}, "recompute_macs_per_output"),
+    ({"keep_neuron_states": 1}, "keep_neuron_states must be True or False"),
+    ({"precision": "bf16"}, "unknown execution option"),
+])
+def test_bad_options_are_refused(bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        zoo.create("spikefpn_camvid", embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
+                   neck_channels=8, execution=bad)
+    with pytest.raises(ValueError, match="no execution options"):
+        zoo.create("meta_spikeformer_15m", execution={})
+
+
+@pytest.mark.parametrize("name", segmentors())
+def test_defaults_compute_what_the_reference_path_computes(name):
+    """Outputs in eval and gradients in training of the default options equal ExecutionOptions.reference()."""
+    images = torch.randn(2, 3, 64, 64)
+    model = lively(tiny(name, T=2), images, grid=0)
+
+    def run(options, train):
+        model.execution = options
+        model.train(train)
+        model.zero_grad()
+        torch.manual_seed(0)
+        with torch.set_grad_enabled(train):
+            out = model(images)
+        parts = [out["pred_logits"], out["pred_masks"]] if isinstance(out, dict) else [out]
+        if not train:
+            return parts
+        sum(p.sigmoid().square().mean() for p in parts).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for train in (False, True):
+        default, reference = run(ExecutionOptions(), train), run(ExecutionOptions.reference(), train)
+        assert len(default) == len(reference) and len(default) > 0
+        scale = max(r.abs().max() for r in reference)
+        assert scale > 0
+        assert max((d - r).abs().max() for d, r in zip(default, reference)) <= 1e-5 * scale
