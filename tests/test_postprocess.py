@@ -1,7 +1,7 @@
 """Semantic and panoptic inference rules against hand-made cases and brute force."""
 import torch
 
-from zoo.postprocess import panoptic_inference, resize_masks, semantic_inference
+from zoo.postprocess import panoptic_inference, resize_masks, semantic_inference, semantic_labels
 
 
 def test_semantic_inference_against_a_loop():
@@ -62,3 +62,15 @@ def test_panoptic_overlap_threshold_drops_occluded_queries():
     assert torch.equal(ids, torch.ones(4, 4, dtype=torch.int32))
     none_ids, none = panoptic_inference(torch.stack([_logits_for(2, 2)]), masks[:1], things)
     assert none == [] and int(none_ids.abs().sum()) == 0
+
+
+def test_semantic_labels_are_the_argmax_of_the_loop_scores():
+    torch.manual_seed(4)
+    cls, masks = torch.randn(2, 6, 5), 3 * torch.randn(2, 6, 9, 11)
+    scores = torch.zeros(2, 4, 9, 11)
+    for b in range(2):
+        for q in range(6):
+            scores[b] += cls[b, q].softmax(-1)[:-1, None, None] * masks[b, q].sigmoid()
+    labels = semantic_labels(cls, masks)
+    assert labels.shape == (2, 9, 11) and labels.dtype == torch.int64
+    assert torch.equal(labels, scores.argmax(1))

@@ -8,7 +8,7 @@ import torch
 from ..backbones.meta_spikeformer import MetaSpikeFormer
 from ..base import SegmentationModel
 from ..layers import model_neuron
-from ..postprocess import panoptic_inference, resize_masks, semantic_inference
+from ..postprocess import panoptic_inference, resize_masks, semantic_labels
 from .pixel_decoder import SpikePixelDecoder
 from .sdme import SDME
 from .transformer_decoder import SpikeTransformerDecoder
@@ -109,5 +109,5 @@ class Spike2Former(SegmentationModel):
         class_logits, mask_logits, padded, size = self._predict_raw(images, all_layers=False)
         class_logits, masks = class_logits[-1], resize_masks(mask_logits[-1], padded, size)
         if self.task == "semantic":
-            return semantic_inference(class_logits, masks).argmax(1)
+            return semantic_labels(class_logits, masks)
         return [panoptic_inference(c, m, self.thing_classes) for c, m in zip(class_logits, masks)]
