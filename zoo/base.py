@@ -98,11 +98,16 @@ class SegmentationModel(nn.Module):
                 "they would make every logit NaN. Check the image decoding and the normalisation "
                 "(a failed read, a division by a zero std)")
 
-    def saving_memory_for_backward(self) -> ContextManager:
-        """The context a training forward runs in (see ``ExecutionOptions.compact_saved_spikes``)."""
+    def computing(self) -> ContextManager:
+        """The context the network runs in: bf16 autocast for ``precision='bf16'`` and, in training,
+        ``compact_saved_spikes`` (see :class:`zoo.execution.ExecutionOptions`)."""
+        stack = contextlib.ExitStack()
+        if self._execution.precision == "bf16":
+            device_type = next(self.parameters()).device.type
+            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
         if self._execution.compact_saved_spikes and self.training and torch.is_grad_enabled():
-            return compact_saved_spikes(self, self._execution.recompute_macs_per_output)
-        return contextlib.nullcontext()
+            stack.enter_context(compact_saved_spikes(self, self._execution.recompute_macs_per_output))
+        return stack
 
     def to_sequence(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Reset neurons, pad to the size divisor, replicate over T: -> ([T', B', 3, Hp, Wp], (H, W)).

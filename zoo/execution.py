@@ -1,7 +1,7 @@
 """How a segmentor computes, as opposed to what: one options object, readable on every model.
 
-Every option gives the outputs (and gradients) of the reference path, the paper's order with
-nothing traded for speed or memory, up to float rounding; each has a test that compares the two.
+Every option but ``precision`` gives the outputs (and gradients) of the reference path, the paper's
+order with nothing traded for speed or memory, up to float rounding; each has a test that compares the two.
 
     model = zoo.create("spike2former_ade20k", execution={"mask_order": "features_first"})
     model.execution                                  # ExecutionOptions(keep_neuron_states=False, ...)
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, Mapping, Union
 
 import torch.nn as nn
 
-__all__ = ["ExecutionOptions", "MASK_ORDERS", "PRODUCT_ORDERS", "using", "as_options"]
+__all__ = ["ExecutionOptions", "MASK_ORDERS", "PRODUCT_ORDERS", "PRECISIONS", "using", "as_options"]
 
 # Spike2Former's masks: 'features_first' is the paper's e (W x + b) (the mask-feature conv, then the
 # product with the embeddings e); 'auto' computes (e W) x + e b where that costs fewer multiply-adds.
@@ -26,6 +26,9 @@ MASK_ORDERS = ("auto", "features_first")
 # Spike-driven attention Q K^T V: 'qk_first' is (Q K^T) V as the paper writes it, 'kv_first' Q (K^T V),
 # 'auto' the cheaper of the two for the shapes at hand.
 PRODUCT_ORDERS = ("auto", "qk_first", "kv_first")
+# 'bf16': convolutions, linear layers and matrix products take bf16 operands (spikes k/D are exact in
+# bf16) under autocast; the neurons keep fp32 membranes, and the outputs are returned in fp32.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ExecutionOptions:
       are recomputed in backward instead of kept; identical gradients; 0 turns it off.
     - ``mask_order``: one of :data:`MASK_ORDERS` (Spike2Former).
     - ``product_order``: one of :data:`PRODUCT_ORDERS` (Spike2Former's decoder attention).
+    - ``precision``: one of :data:`PRECISIONS`. Unlike the others, 'bf16' changes results beyond
+      float rounding: layer outputs are rounded to 8-bit mantissas, which moves neurons that sit
+      near a threshold (README, Performance, gives the measured agreement).
     """
 
     keep_neuron_states: bool = False
@@ -49,12 +55,15 @@ class ExecutionOptions:
     recompute_macs_per_output: int = 64
     mask_order: str = "auto"
     product_order: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.mask_order not in MASK_ORDERS:
             raise ValueError(f"mask_order must be one of {MASK_ORDERS}, got {self.mask_order!r}")
         if self.product_order not in PRODUCT_ORDERS:
             raise ValueError(f"product_order must be one of {PRODUCT_ORDERS}, got {self.product_order!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("keep_neuron_states", "compact_saved_spikes"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")

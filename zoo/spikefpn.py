@@ -147,12 +147,13 @@ class SpikeFPN(SegmentationModel):
         self.task = "semantic"
 
     def _logits(self, images: torch.Tensor):
-        x, image_size = self.to_sequence(images)
-        return self.head(self.neck(self.backbone(x))).mean(0), tuple(x.shape[-2:]), image_size
+        with self.computing():
+            x, image_size = self.to_sequence(images)
+            logits = self.head(self.neck(self.backbone(x))).mean(0)
+        return logits.float(), tuple(x.shape[-2:]), image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with self.saving_memory_for_backward():
-            return self._logits(images)[0]
+        return self._logits(images)[0]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ class Spike2Former(SegmentationModel):
     :param T: time steps; the image is replicated over T and NI-LIF integrates across them.
     :param D: NI-LIF's largest count; ``neuron``/``beta`` choose the neuron (paper Table 3).
     :param official: the released code's numerics: its neuron (D=8, no leak, reset not
-        detached), T folded into the batch, and its three raw reshapes (reference §14),
+        detached), T folded into the batch, and its three raw reshapes (pixel decoder and decoder FFNs),
         so that checkpoints trained with the official code give the official outputs.
     :param task: 'semantic' or 'panoptic' (then ``thing_classes`` flags the thing classes).
     Widths and depths default to the paper's ADE20K model (34,361,112 parameters);
@@ -80,16 +80,17 @@ class Spike2Former(SegmentationModel):
 
     def _predict_raw(self, images: torch.Tensor, all_layers: bool
                      ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int], Tuple[int, int]]:
-        x, image_size = self.to_sequence(images)
-        features = self.backbone(x)
-        projection_last = self._projection_last(all_layers)
-        mask_features, multi_scale = self.pixel_decoder(features, project_mask_features=not projection_last)
-        states = self.transformer_decoder(multi_scale)
-        projection = self.pixel_decoder.mask_feature.conv if projection_last else None
-        class_logits, mask_logits = self.sdme(states, mask_features, last_only=not all_layers,
-                                              feature_projection=projection)
-        class_logits, mask_logits = self.time_mean(class_logits, 1), self.time_mean(mask_logits, 1)
-        return class_logits, mask_logits, tuple(x.shape[-2:]), image_size
+        with self.computing():
+            x, image_size = self.to_sequence(images)
+            features = self.backbone(x)
+            projection_last = self._projection_last(all_layers)
+            mask_features, multi_scale = self.pixel_decoder(features, project_mask_features=not projection_last)
+            states = self.transformer_decoder(multi_scale)
+            projection = self.pixel_decoder.mask_feature.conv if projection_last else None
+            class_logits, mask_logits = self.sdme(states, mask_features, last_only=not all_layers,
+                                                  feature_projection=projection)
+            class_logits, mask_logits = self.time_mean(class_logits, 1), self.time_mean(mask_logits, 1)
+        return class_logits.float(), mask_logits.float(), tuple(x.shape[-2:]), image_size
 
     def forward(self, images: torch.Tensor, all_layers: Optional[bool] = None) -> Dict[str, torch.Tensor]:
         """Class and mask logits of every query state.
@@ -99,8 +100,7 @@ class Spike2Former(SegmentationModel):
         (L = 1) unless ``all_layers=True``. Masks are at half the padded input size.
         """
         all_layers = self.training if all_layers is None else all_layers
-        with self.saving_memory_for_backward():
-            class_logits, mask_logits, _, _ = self._predict_raw(images, all_layers)
+        class_logits, mask_logits, _, _ = self._predict_raw(images, all_layers)
         return {"pred_logits": class_logits, "pred_masks": mask_logits}
 
     @torch.no_grad()
