@@ -12,9 +12,12 @@ One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
   ``Q (K^T V)`` (``product_order='auto'``), the mask product as ``(e W) x + e b``
   instead of ``e (W x + b)`` (``mask_order='auto'``), BN folded (``zoo.fuse``),
   neuron states dropped.
-- the final row drops the neurons' final membrane states (the models' default,
+- the optimised row drops the neurons' final membrane states (the models' default,
   ``keep_neuron_states = False``: every forward resets the neurons, so at T = 1 the
   state is never read; the earlier rows keep it, as the released code does).
+- the final row adds ``precision='bf16'`` (``zoo.ExecutionOptions``): convolutions, linear
+  layers and matrix products on bf16 operands under autocast, fp32 membranes and outputs.
+  ``--last 2`` measures only the optimised fp32 row and this one.
 
 The last column is the largest deviation of the outputs (Spike2Former: class and mask
 logits of the last prediction) from the naive setting's, relative to their largest
@@ -80,6 +83,7 @@ class Setting:
     order: str  # product_order of every decoder attention
     mask: str = "auto"  # Spike2Former's mask_order
     keep_states: bool = True  # neurons keep their final membrane state (the released code's behaviour)
+    precision: str = "fp32"  # ExecutionOptions.precision
 
 
 @dataclass
@@ -96,13 +100,15 @@ class Measurement:
 def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
         return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"),
-                Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
+                Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
+                Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16")]
     return [Setting("naive", False, True, "qk_first", "features_first"),
             Setting("+ Q(K^T V)", False, True, "auto", "features_first"),
             Setting("+ last prediction only", False, False, "auto", "features_first"),
             Setting("+ (e W) x mask product", False, False, "auto"),
             Setting("+ BN folded", True, False, "auto"),
-            Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False)]
+            Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
+            Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16")]
 
 
 def _status_bytes(field: str) -> int:
@@ -131,7 +137,7 @@ def build(model_name: str, setting: Setting) -> nn.Module:
     model = zoo.create(model_name).eval()
     if setting.folded:
         fold_batchnorm(model)
-    model.set_execution(keep_neuron_states=setting.keep_states)
+    model.set_execution(keep_neuron_states=setting.keep_states, precision=setting.precision)
     return model
 
 
@@ -223,6 +229,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top ops of the optimised path")
     parser.add_argument("--keep-malloc", action="store_true", help="keep glibc's default malloc settings")
+    parser.add_argument("--last", type=int, default=None,
+                        help="only the last N settings (e.g. 2: optimised fp32 against bf16); the first is the baseline")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one setting, as JSON: measured in this process
     parser.add_argument("--save-to", help=argparse.SUPPRESS)  # where the child saves its last prediction
     args = parser.parse_args()
@@ -238,6 +246,8 @@ def main():
     with torch.device("meta"):
         model = zoo.create(args.model)
     settings = settings_for(hasattr(model, "sdme"))
+    if args.last:
+        settings = settings[-args.last:]
     macs = [count_macs(model, (args.size, args.size), product_order_override=s.order, mask_order_override=s.mask,
                        **({"all_layers": True} if s.all_layers else {})).total for s in settings]
     matmul = matmul_gflops()
