@@ -109,6 +109,11 @@ class SegmentationModel(nn.Module):
             stack.enter_context(compact_saved_spikes(self, self._execution.recompute_macs_per_output))
         return stack
 
+    def returned(self, output: torch.Tensor) -> torch.Tensor:
+        """An output as the model returns it: fp32 after its own bf16 computation (``precision='bf16'``);
+        otherwise as computed (an autocast around the model decides)."""
+        return output.float() if self._execution.precision == "bf16" else output
+
     def to_sequence(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Reset neurons, pad to the size divisor, replicate over T: -> ([T', B', 3, Hp, Wp], (H, W)).
 

@@ -150,7 +150,7 @@ class SpikeFPN(SegmentationModel):
         with self.computing():
             x, image_size = self.to_sequence(images)
             logits = self.head(self.neck(self.backbone(x))).mean(0)
-        return logits.float(), tuple(x.shape[-2:]), image_size
+        return self.returned(logits), tuple(x.shape[-2:]), image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._logits(images)[0]

@@ -90,7 +90,7 @@ class Spike2Former(SegmentationModel):
             class_logits, mask_logits = self.sdme(states, mask_features, last_only=not all_layers,
                                                   feature_projection=projection)
             class_logits, mask_logits = self.time_mean(class_logits, 1), self.time_mean(mask_logits, 1)
-        return class_logits.float(), mask_logits.float(), tuple(x.shape[-2:]), image_size
+        return self.returned(class_logits), self.returned(mask_logits), tuple(x.shape[-2:]), image_size
 
     def forward(self, images: torch.Tensor, all_layers: Optional[bool] = None) -> Dict[str, torch.Tensor]:
         """Class and mask logits of every query state.
