@@ -10,6 +10,8 @@ drift. The ratio column divides the first row's median by each row's, within thi
 
     python benchmarks/camvid_train_speed.py [--iters 12] [--rounds 2] [--data ../shared/data/camvid]
 
+``--rows 0 2`` measures only those rows (the first listed is the baseline).
+
 Target (issue 11): the default at least 2x faster than the first row.
 """
 from __future__ import annotations
@@ -53,20 +55,22 @@ def main():
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="indices of the rows to run")
     args = parser.parse_args()
-    times = {name: [] for name, _, _ in ROWS}
+    rows = [ROWS[i] for i in args.rows] if args.rows else ROWS
+    times = {name: [] for name, _, _ in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for i, (name, env, overrides) in enumerate(ROWS):
+            for i, (name, env, overrides) in enumerate(rows):
                 measured = run(env, overrides, args.data, args.iters, Path(tmp) / f"{round_}-{i}")
                 times[name] += measured
                 print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
-    base = statistics.median(times[ROWS[0][0]])
+    base = statistics.median(times[rows[0][0]])
     print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
           f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| path | s / iteration (median) | first row / this |")
     print("|---|---|---|")
-    for name, _, _ in ROWS:
+    for name, _, _ in rows:
         median = statistics.median(times[name])
         print(f"| {name} | {median:.3f} | {base / median:.2f}x |")
 

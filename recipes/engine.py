@@ -545,6 +545,8 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
                         num_workers=int(recipe["data"].get("num_workers", 0)), collate_fn=collate_samples,
                         worker_init_fn=_ignore_stop_signals_in_worker,
                         persistent_workers=False, pin_memory=ctx.device.type == "cuda")
+    # bf16 autocast on GPU only: on CPU it cost 2.3 val mIoU in a 460-iteration camvid run and was not faster
+    # (benchmarks/reports/mask-loss-points-2026-12-02)
     amp = bool(train_cfg.get("amp")) and ctx.device.type == "cuda"
     writer, log_file, log_writer = None, None, None
     if ctx.is_main:
