@@ -98,6 +98,13 @@ def _forward_eager(x_seq: torch.Tensor, v: Optional[torch.Tensor], dyn: Dynamics
     h = v
     for t in range(T):
         x_t = x_seq[t]
+        if (t == T - 1 and h is None and unit_threshold and final_state_unread and mask is None
+                and x_t.dtype != f32):
+            # no state in and none kept (T = 1 inference under bf16): the membrane is x_t itself, exact in
+            # its own dtype, and clamp/round/divide there give what the fp32 path rounds to that dtype
+            out = torch.clamp(x_t, 0.0, float(dyn.D), out=s_seq[t])
+            out.round_().div_(dyn.norm)
+            return s_seq, None, None, None
         if h is None:
             u = x_t if x_t.dtype == f32 else x_t.to(f32)
         else:

@@ -275,3 +275,16 @@ def test_inference_without_final_state_matches_the_reference(T, D):
     with torch.no_grad():
         out = node(x)
     assert torch.equal(out, reference_loop(x, D, 0.5, True)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [4, 3])
+def test_one_step_inference_in_low_precision_equals_the_float32_path(dtype, D):
+    """T = 1 without a kept state works in the input's dtype: the same spikes as the float32 equations
+    rounded to that dtype (ties at .5, values past D and below 0 included)."""
+    x = torch.cat([torch.linspace(-2, D + 2, 97), torch.arange(0, D + 1) + 0.5]).reshape(1, -1).to(dtype)
+    node = NILIFNode(D=D, step_mode="m", keep_state=False)
+    with torch.no_grad():
+        out = node(x)
+    s_ref, _ = reference_loop(x.float(), D, 0.25, True)
+    assert out.dtype == dtype and torch.equal(out, s_ref.to(dtype))
