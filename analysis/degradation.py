@@ -6,7 +6,7 @@ order. Background bands mark the module groups of the *first* model's layers
 (consecutive layers of one group form one band). Each model's values at the
 ``marked`` neurons are drawn as stars, labelled, and returned.
 
-The neurons marked by default belong to Spike2Former's SDME (DESIGN.md section 4):
+The neurons marked by default belong to Spike2Former's SDME:
 
 - ``sdme.query_spike``: SDME's input neuron, ``SN(sigmoid(q))`` of the last
   decoder state; it lies upstream of the ME-Shortcut, so the shortcut cannot

@@ -18,7 +18,7 @@ The convention below is also the ``convention`` text of every report.
 Convention
 ----------
 Energy = MACs x E_MAC + ACs x E_AC with E_MAC = 4.6 pJ and E_AC = 0.9 pJ (45 nm, 32-bit
-float; DESIGN.md section 7, paper appendix eqs 11-13). Nothing else is charged: no memory
+float; the paper's appendix eqs 11-13). Nothing else is charged: no memory
 access, neuron update, BatchNorm, addition, residual or interpolation.
 
 1. Operations counted: the multiply-accumulates of zoo.complexity.count_macs, as executed by

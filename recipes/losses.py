@@ -1,6 +1,6 @@
 """Training losses: Spike2Former's set criterion (mask classification) and SpikeFPN's per-pixel CE.
 
-``SetCriterion`` reproduces the official head's loss (reference §8):
+``SetCriterion`` reproduces the released head's loss:
 
 * per image, queries are matched to GT masks (one per class present in the
   semantic map) by :class:`recipes.matcher.HungarianMatcher`;

@@ -1,7 +1,7 @@
 """Ground-truth conversion and Hungarian matching for mask classification (Spike2Former / MaskFormer).
 
 Spike2Former's official head matches queries to ground-truth masks as
-MaskFormer does (reference §8): no point sampling, the cost is evaluated on
+MaskFormer does: no point sampling, the cost is evaluated on
 the mask logits at prediction resolution (stride 2) against the GT masks
 nearest-downsampled to that size, and
 

@@ -10,8 +10,7 @@ and lists pass through, except that ``FilterEmptySegments`` drops segments
 whose mask a crop removed. Randomness comes from torch's global RNG (seeded per
 DataLoader worker by PyTorch).
 
-Official pipelines (mmsegmentation, Spike2Former configs; see
-``../shared/reference/official-spike2former.md`` §9-10):
+Official pipelines (mmsegmentation, as the released Spike2Former configs use them):
 
 * train: ``RandomResize`` (short side drawn from ``scales``, long side capped at
   ``max_long_side``) -> ``RandomCrop`` (``cat_max_ratio`` 0.75, 10 tries) ->
@@ -395,7 +394,7 @@ def _scales(base: int) -> List[int]:
     return [int(x * 0.1 * base) for x in range(5, 21)]
 
 
-# Official per-dataset arguments (official-spike2former.md §10). VOC: mmseg's RandomResize
+# Official per-dataset arguments (the released configs). VOC: mmseg's RandomResize
 # (2048, 512) x U(0.5, 2.0) is the short side uniform in [256, 1024] for every VOC aspect ratio.
 # COCO panoptic has no official config; the paper's large-scale jitter (long side 0.1-2.0 x 1024,
 # crop 1024) is given, without cat_max_ratio.

@@ -29,7 +29,7 @@ def official_backbone_state_dict(seed=0):
 def test_default_parameter_count_and_channels():
     with torch.device("meta"):
         model = MetaSpikeFormer()
-    assert n_params(model) == 14_751_208  # reference §1 (official backbone without classifier)
+    assert n_params(model) == 14_751_208  # the official backbone without its classifier
     assert model.out_channels == (32, 64, 128, 360)
     # the ImageNet model with SDT-V2's Linear(360, 1000) head: the paper's "15M"
     assert round((n_params(model) + 360 * 1000 + 1000) / 1e6, 2) == 15.11
@@ -58,7 +58,7 @@ def test_builders_forward_kwargs():
     assert len(model.stage3) == 1 and model.stage3[0].attn.num_heads == 4
 
 
-# official key -> our module path, written out by hand from reference §4 and the TSV
+# official key -> our module path, written out by hand from the official code and its key list
 EXPECTED_KEYS = {
     "downsample1_1.encode_conv.weight": "stem.conv.weight",
     "downsample1_1.encode_bn.running_var": "stem.bn.running_var",
@@ -163,7 +163,7 @@ def test_every_neuron_emits_multiples_of_one_over_d(D):
     model = MetaSpikeFormer(TINY, neuron=neuron_factory("nilif", D=D))
     spikes = monitor.OutputMonitor(model, NILIFNode)
     model(torch.randn(2, 1, 3, 64, 64) * 3)
-    assert len(spikes.records) == 76  # the official backbone has 76 neurons (reference §3.1)
+    assert len(spikes.records) == 76  # the official backbone has 76 neurons
     values = torch.cat([r.flatten() for r in spikes.records])
     assert torch.equal(values * D, torch.round(values * D))
     assert values.min() >= 0 and values.max() <= 1 and values.max() > 0

@@ -41,7 +41,7 @@ def ade20k_on_meta():
 
 
 def test_ade20k_matches_the_official_op_counts(ade20k_on_meta):
-    """DESIGN section 7 / reference section 11: a hook count of the official model at 512x512, T=1,
+    """A hook count of the official model at 512x512, T=1,
     all 7 predictions, official (Q K^T) V order and mask features before the product; rounded to 0.01 G."""
     report = count_macs(ade20k_on_meta, (512, 512), all_layers=True, product_order_override="qk_first",
                         mask_order_override="features_first")

@@ -28,7 +28,7 @@ def nilif_reference(x, time_dim):
 
 
 def sdme_reference(head, query_states, mask_features):
-    """The official head's equations (§6.5) on [L, T, B, Q, C], per step then averaged over T."""
+    """The official head's equations on [L, T, B, Q, C], per step then averaged over T."""
     s = ALPHA * nilif_reference(torch.sigmoid(query_states), time_dim=1)
     class_logits = F.linear(s, head.class_embed.weight, head.class_embed.bias).mean(1)
     mlp = head.mask_mlp

@@ -27,12 +27,12 @@ def official_state_dict():
 def test_default_parameter_counts():
     with torch.device("meta"):
         model = SpikeFPN(150)
-    # reference §10: backbone 14,751,208 + neck 667,648 + head 1,053,334
+    # the official counts: backbone 14,751,208 + neck 667,648 + head 1,053,334
     assert (n_params(model.backbone), n_params(model.neck), n_params(model.head)) == (14_751_208, 667_648, 1_053_334)
     assert n_params(model) == 16_472_190
 
 
-# official key -> our key, by hand from the official QFPN / QFPNHead code (reference §10) and the TSV
+# official key -> our key, by hand from the official QFPN / QFPNHead code and its key list
 EXPECTED_KEYS = {
     "backbone.downsample1_1.encode_conv.weight": "backbone.stem.conv.weight",
     "backbone.block4.1.mlp.fc2_bn.running_var": "backbone.stage4.1.mlp.fc2.bn.running_var",

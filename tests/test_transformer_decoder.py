@@ -222,7 +222,7 @@ def test_decoder_follows_the_official_head_wiring():
     assert min(rates) > 0.1
     functional.reset_net(decoder)
     with torch.no_grad():
-        # MaskFormerHead.forward (§6.1), written out with the decoder's own layers as black boxes
+        # MaskFormerHead.forward, written out with the decoder's own layers as black boxes
         memories = [f.flatten(3).permute(0, 1, 3, 2) + decoder.level_embed.weight[i]
                     for i, f in enumerate(features)]
         key_pos = [sine_reference(f.shape[-2], f.shape[-1], 8).flatten(1).permute(1, 0) for f in features]

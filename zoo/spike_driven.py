@@ -8,8 +8,8 @@ Usage (inference, eval mode)::
 
     out, stats = zoo.spike_driven_forward(model, images)   # the same in one call
 
-Convention (paper eqs 19-21; DESIGN.md sections 3 and 7)
----------------------------------------------------------
+Convention (paper eqs 19-21 and the energy convention of ``analysis.energy``)
+----------------------------------------------------------------------------
 
 - **Where spikes come from.** A forward hook on every spiking neuron marks its
   output as a :class:`SpikeTensor` carrying ``unit`` (the value of one count)

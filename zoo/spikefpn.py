@@ -129,7 +129,7 @@ class SpikeFPN(SegmentationModel):
     level into: Spike2Former's Meta-SpikeFormer has strides 2/4/8/16, not Semantic FPN's
     usual 4/8/16/32. ``predict`` upsamples them bilinearly to the input size, as mmseg does.
 
-    The released SpikeFPN config cannot run (reference §0.3), so there is no
+    The released SpikeFPN config cannot run as published, so there is no
     ``official`` switch: no official SpikeFPN outputs exist to reproduce.
     """
 

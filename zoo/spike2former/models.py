@@ -1,4 +1,4 @@
-"""Registered Spike2Former variants and their pretrained configs (paper figures: DESIGN.md section 6).
+"""Registered Spike2Former variants and their pretrained configs (with the paper's reported figures).
 
 No Spike2Former weights are published by the authors (the release links none),
 so every config has ``hub_id=None`` until we publish our own; ``create(...,

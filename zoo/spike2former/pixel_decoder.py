@@ -1,8 +1,7 @@
 r"""Spike2Former's pixel decoder: SDTE encoder (ESC + SDDA + Channel-MLP) and a spiking FPN.
 
 Paper: Lei et al., Spike2Former, AAAI 2025, eqs. 1-8. Official code:
-``DCNTransformerEncoderPixelDecoder`` and ``DCNv3_pytorch`` (see
-``reference/official-spike2former.md`` sections 5 and 14).
+``DCNTransformerEncoderPixelDecoder`` and ``DCNv3_pytorch``.
 
 Layout. Maps are ``[T, B, C, H, W]``. Inside the encoder the features are
 *tokens* ``[T, B, C, N]`` together with ``shapes``, the ``(H, W)`` of each

@@ -1,4 +1,4 @@
-r"""SDME: spike-driven mask embedding with ME-Shortcut (paper eqs 14-15; official-spike2former.md §6.5).
+r"""SDME: spike-driven mask embedding with ME-Shortcut (paper eqs 14-15; the released head's code).
 
 For query states ``q`` ``[L, T, B, Q, C]`` (the initial queries and every decoder
 layer's output) and real-valued mask features ``P`` ``[T, B, C, H, W]``::
