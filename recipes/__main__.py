@@ -7,6 +7,10 @@
     python -m recipes predict --model spike2former_camvid --weights runs/x/best.pth img.png --out pred/
     python -m recipes plot runs/x                                 # training_curve.png / .svg
 
+At start the CLI sets up threads, OpenMP's spin-wait and glibc malloc for this machine and logs what
+it chose (recipes.runtime; --threads N sets the intra-op threads, SPIKEZOO_RUNTIME=off keeps
+PyTorch's defaults).
+
 Bad input (an unknown recipe or model, a bad --set key or value, a missing data folder, a corrupt
 image or label, weights that do not fit, --resume without a checkpoint) ends with one line naming
 the problem and exit status 2, as argparse's own errors do. Training stopped by Ctrl-C or SIGTERM
