@@ -17,7 +17,6 @@ holds a run is never overwritten: pass ``resume`` to continue it.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import logging
@@ -25,7 +24,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import zoo
+from zoo.hub import write_files_atomically
 
 from .config import RESUMABLE_KEYS, RecipeError, resume_changes, validate_recipe
 from .datasets import collate_samples
@@ -193,31 +192,13 @@ _TRAINING_KEYS = ("model", "optimizer", "scheduler", "iteration", "best", "recip
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Serialise ``obj`` in memory, write it to a temporary file, flush it to disk, rename it into place.
-
-    Serialising first makes a full disk surface as ``OSError(ENOSPC)`` from the write (torch's zip
-    writer reports it as an opaque ``enforce fail``); the previous file stays until the rename.
-    """
+    """``torch.save`` through :func:`zoo.hub.write_files_atomically`: serialised in memory first, so that a full
+    disk surfaces as ``OSError(ENOSPC)`` with a clear message (torch's zip writer reports an opaque
+    ``enforce fail``), and the previous file stays until the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            size = buffer.getbuffer().nbytes / 2 ** 20
-            raise OSError(err.errno, f"no space left on the device of {path.parent} while writing {path.name} "
-                          f"({size:.0f} MB); {'the previous ' + path.name + ' is intact; ' if path.exists() else ''}"
-                          "free some space and resume with --resume") from err
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_files_atomically({path: buffer.getbuffer()}, "free some space and resume with --resume")
 
 
 def remove_stale_temporaries(folder: Path) -> List[Path]:

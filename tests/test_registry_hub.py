@@ -235,18 +235,36 @@ def test_save_pretrained_onto_a_file_is_a_clear_error(tiny_registry, tmp_path):
 def test_save_pretrained_on_a_full_disk_says_so_and_leaves_the_old_save(tiny_registry, tmp_path, monkeypatch):
     import errno
 
-    import safetensors.torch
     saved = zoo.create("tiny_seg.a").save_pretrained(tmp_path / "saved")
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
 
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def full_disk(fd):  # the bytes went into the temporary file; flushing them to disk fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    monkeypatch.setattr(zoo.hub.os, "fsync", full_disk)
     with pytest.raises(OSError) as err:
         zoo.create("tiny_seg.b").save_pretrained(saved)
     assert err.value.errno == errno.ENOSPC
     assert "the disk is full" in str(err.value) and str(saved) in str(err.value)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temporary file, old save intact
+
+
+def test_save_pretrained_on_a_real_full_filesystem(tiny_registry, tmp_path):
+    """A 64 KiB tmpfs: safetensors' own writer reports a full disk as a SafetensorError, not an OSError."""
+    import errno
+    import subprocess
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        model = zoo.create("tiny_seg.a")
+        big = torch.nn.Linear(200, 200)          # 160 KB of weights: more than the filesystem holds
+        model.add_module("big", big)
+        with pytest.raises(OSError, match="the disk is full") as err:
+            model.save_pretrained(mount / "saved")
+        assert err.value.errno == errno.ENOSPC
+        assert list((mount / "saved").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -14,14 +14,15 @@ import socket
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
 
 __all__ = ["WeightsUnavailableError", "CheckpointMismatchError", "UnknownKeysError", "read_checkpoint",
-           "download_weights", "mismatch_error", "load_strict", "save_pretrained", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "download_weights", "mismatch_error", "load_strict", "save_pretrained", "write_files_atomically",
+           "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -168,24 +169,35 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
     model.load_state_dict(state_dict, strict=True)
 
 
-def _write_files(writers: Dict[Path, Callable[[str], None]]) -> None:
-    """Write each file under a temporary name in its folder, then rename them all: a crash or a full
-    disk never leaves half a file, nor new weights beside the config of an older save."""
+def write_files_atomically(contents: Dict[Path, Union[bytes, memoryview]], retry_hint: str) -> None:
+    """Write each file under a temporary name in its folder, flushed to disk, then rename them all.
+
+    A crash never leaves half a file, nor new content beside an older sibling (weights and config
+    are replaced together). The data are serialised by the caller, so a full disk surfaces here as
+    ``OSError(ENOSPC)`` from the write (serialisers report it in their own opaque ways); it is
+    re-raised with a message that names the folder, says what is intact and ends with ``retry_hint``.
+    """
     temporaries: Dict[Path, str] = {}
     try:
-        for path, write in writers.items():
+        for path, data in contents.items():
             fd, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            write(temporaries[path])
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         for path, temporary in temporaries.items():
             os.replace(temporary, path)
     except OSError as err:
-        if err.errno != errno.ENOSPC:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        target = next(iter(writers)).parent
-        raise OSError(errno.ENOSPC, f"the disk is full: could not save into {target} "
-                                    "(no partial file is left there); free some space and save again",
-                      str(target)) from err
+        folder = next(iter(contents)).parent
+        size = sum(memoryview(data).nbytes for data in contents.values()) / 2 ** 20
+        kept = [path.name for path in contents if path.exists()]
+        intact = (f"the previous {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} intact"
+                  if kept else "no partial file is left there")
+        raise OSError(err.errno, f"the disk is full: no space left on the device of {folder} while writing "
+                                 f"{', '.join(path.name for path in contents)} ({size:.0f} MB); {intact}; "
+                                 f"{retry_hint}", str(folder)) from err
     finally:
         for temporary in temporaries.values():
             if os.path.exists(temporary):
@@ -195,7 +207,7 @@ def _write_files(writers: Dict[Path, Callable[[str], None]]) -> None:
 def save_pretrained(model: nn.Module, directory: PathLike, model_args: Optional[Dict[str, Any]] = None,
                     pretrained_cfg=None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -210,8 +222,8 @@ def save_pretrained(model: nn.Module, directory: PathLike, model_args: Optional[
         "pretrained_cfg": cfg.to_dict() if cfg is not None else None,
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _write_files({
-        directory / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        directory / CONFIG_NAME: lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list)),
-    })
+    write_files_atomically({
+        directory / WEIGHTS_NAME: save(tensors, metadata={"format": "pt"}),
+        directory / CONFIG_NAME: json.dumps(config, indent=2, default=list).encode(),
+    }, "free some space and save again")
     return directory
