@@ -73,7 +73,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import zoo  # noqa: E402
-from recipes.config import apply_overrides, list_recipes, load_recipe  # noqa: E402
+from recipes.config import apply_overrides, error_message, list_recipes, load_recipe  # noqa: E402
 from recipes.datasets import DatasetError, build_dataset  # noqa: E402
 from recipes.transforms import Normalize, eval_transforms, short_side_size  # noqa: E402
 from zoo.factory import load_weights  # noqa: E402
@@ -100,11 +100,6 @@ Size = Union[int, Tuple[int, int]]
 
 class UsageError(Exception):
     """Bad command-line input: reported as a message with exit status 2, without a traceback."""
-
-
-def _message(err: Exception) -> str:
-    # str(KeyError) quotes its message
-    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
 
 # ------------------------------------------------------------------------------------ images
@@ -201,7 +196,7 @@ def _recipe_images(args, mean, std, resize) -> Images:
     try:
         recipe = load_recipe(args.data)
     except (KeyError, ValueError, OSError) as err:
-        raise UsageError(_message(err)) from None
+        raise UsageError(error_message(err)) from None
     data = recipe["data"]
     split = args.split or data["val_split"]
     root = args.data_root or data["root"]
@@ -209,7 +204,7 @@ def _recipe_images(args, mean, std, resize) -> Images:
         dataset = build_dataset(data["dataset"], root, split)
     except (DatasetError, KeyError, OSError) as err:
         raise UsageError(f"recipe {recipe['name']}, {data['dataset']} {split} split at {root} (--data-root sets "
-                         f"the dataset folder): {_message(err)}") from None
+                         f"the dataset folder): {error_message(err)}") from None
     # the recipe's eval resize unless --size replaces it
     transform = (v2.Compose([*resize, Normalize(mean, std)]) if resize
                  else eval_transforms(data.get("eval_scale"), mean, std))
@@ -253,7 +248,7 @@ def load_model(source: str, weights: Optional[str], kwargs: Dict[str, object], s
             raise
         raise UsageError(f"cannot build {source} with --set {kwargs}: {err}") from None
     except (KeyError, ValueError, OSError, CheckpointMismatchError, WeightsUnavailableError) as err:
-        raise UsageError(_message(err)) from None
+        raise UsageError(error_message(err)) from None
     return model.to(device).eval()
 
 

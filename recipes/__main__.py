@@ -51,11 +51,6 @@ _USER_ERRORS = (UsageError, cfg_lib.RecipeError, DatasetError, CheckpointMismatc
                 OSError, FloatingPointError)
 
 
-def _message(err: BaseException) -> str:
-    # str(KeyError) quotes its message
-    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-
-
 def _load_recipe(args) -> dict:
     recipe = cfg_lib.apply_overrides(cfg_lib.load_recipe(args.recipe), args.set or [])
     return cfg_lib.validate_recipe(recipe)
@@ -124,7 +119,7 @@ def cmd_predict(args) -> int:
     try:
         model = zoo.create(args.model)
     except KeyError as err:
-        raise UsageError(_message(err)) from err
+        raise UsageError(cfg_lib.error_message(err)) from err
     if args.weights:
         _load_model_weights(model, args.model, args.weights)
     model.eval()
@@ -271,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except _USER_ERRORS as err:
-        print(f"{PROG} {args.command}: error: {_message(err)}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {cfg_lib.error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -15,7 +15,7 @@ import pkgutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["RecipeError", "list_recipes", "load_recipe", "apply_overrides", "validate_recipe",
+__all__ = ["RecipeError", "error_message", "list_recipes", "load_recipe", "apply_overrides", "validate_recipe",
            "resume_changes", "RESUMABLE_KEYS", "get"]
 
 _CONFIG_PACKAGE = "recipes.configs"
@@ -23,6 +23,11 @@ _CONFIG_PACKAGE = "recipes.configs"
 
 class RecipeError(ValueError):
     """A recipe, or a ``--set`` override, that cannot be used as it is; the message says which key and why."""
+
+
+def error_message(err: BaseException) -> str:
+    """An exception's message for a one-line report (``str(KeyError)`` would quote it)."""
+    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
 
 def list_recipes() -> List[str]:

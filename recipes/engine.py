@@ -39,7 +39,7 @@ from tqdm import tqdm
 import zoo
 from zoo.hub import write_files_atomically
 
-from .config import RESUMABLE_KEYS, RecipeError, resume_changes, validate_recipe
+from .config import RESUMABLE_KEYS, RecipeError, error_message, resume_changes, validate_recipe
 from .datasets import collate_samples
 
 __all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
@@ -265,17 +265,13 @@ def build_model(recipe: Dict[str, Any]) -> nn.Module:
         model = zoo.create(model_cfg["name"], **model_cfg.get("kwargs", {}))
     except (TypeError, ValueError, KeyError) as err:
         raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
-                          f"{_message(err)}") from err
+                          f"{error_message(err)}") from err
     if model_cfg.get("init_checkpoint"):
         from zoo.factory import load_weights
         from zoo.hub import read_checkpoint
         path = model_cfg["init_checkpoint"]
         load_weights(model, model_cfg["name"], read_checkpoint(path), source=str(path))
     return model
-
-
-def _message(err: BaseException) -> str:
-    return err.args[0] if isinstance(err, KeyError) and err.args else str(err)
 
 
 def build_train_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
@@ -465,6 +461,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
     seed = int(train_cfg["seed"])
 
     state = None
+    occupied = _check_new_run_folder(out_dir) if ctx.is_main and not resume else None
     if resume:
         path = out_dir / "last.pth" if resume == "auto" else Path(resume)
         state = load_checkpoint(path)
@@ -477,8 +474,8 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
                 f"--set model.init_checkpoint={path} to train these weights with other settings")
         if allowed and ctx.is_main:
             log.info("resuming with changed %s", ", ".join(allowed))
-    elif ctx.any(ctx.is_main and _check_new_run_folder(out_dir) is not None):
-        raise RunFolderError(_check_new_run_folder(out_dir) or f"{out_dir} already holds a run on rank 0")
+    elif ctx.any(occupied is not None):
+        raise RunFolderError(occupied or f"{out_dir} already holds a run on rank 0")
 
     torch.manual_seed(seed)
     random.seed(seed)
@@ -499,7 +496,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit this recipe's model and optimiser: "
-                                  f"{_message(err)}") from err
+                                  f"{error_message(err)}") from err
         start, best, rng_state = state["iteration"], state["best"], state["rng"]
         pending_eval = bool(state.get("pending_eval", False))
         if ctx.is_main:
