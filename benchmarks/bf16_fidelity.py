@@ -2,7 +2,7 @@
 mIoU of both, and the firing rates of both, on CamVid val (whole images, the recipe's eval
 transform); and the agreement on random "lively" ADE20K weights at 512x512.
 
-    python benchmarks/bf16_fidelity.py --weights runs/camvid/best.pth [--limit 101] [--data ../shared/data/camvid]
+    python benchmarks/bf16_fidelity.py --weights runs/camvid/best.pth [--limit 101] [--data CAMVID_ROOT]
 
 Target (issue 11): on CamVid val with trained spike2former_camvid weights, labels agree with fp32 on
 at least 99.5% of pixels and mIoU moves by at most 0.3.
@@ -26,6 +26,8 @@ from recipes.engine import build_val_data  # noqa: E402
 from recipes.metrics import SemanticMetrics  # noqa: E402
 from zoo.factory import load_weights  # noqa: E402
 from zoo.hub import read_checkpoint  # noqa: E402
+
+from cli_runtime import camvid_root  # noqa: E402
 
 
 def camvid(args) -> None:
@@ -72,7 +74,7 @@ def lively_ade20k() -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="spike2former_camvid weights (a training checkpoint)")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data", default=camvid_root(), help="CamVid folder (default: the camvid recipe's)")
     parser.add_argument("--limit", type=int, default=101)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -2,7 +2,7 @@
 (real CamVid batches of 4 at 352x480 prepared beforehand, so data loading is left out), after
 ``recipes.runtime`` has set the process up as the CLI does.
 
-    python benchmarks/camvid_profile.py [--set loss.compile=False] [--rows 30] [--data ../shared/data/camvid]
+    python benchmarks/camvid_profile.py [--set loss.compile=False] [--rows 30] [--data CAMVID_ROOT]
 
 Prints the median step time of four steps and the top operators by self CPU time.
 """
@@ -28,10 +28,12 @@ from recipes import config as cfg_lib  # noqa: E402
 from recipes import engine  # noqa: E402
 from recipes.datasets import collate_samples  # noqa: E402
 
+from cli_runtime import camvid_root  # noqa: E402
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data", default=camvid_root(), help="CamVid folder (default: the camvid recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     parser.add_argument("--rows", type=int, default=30)
     args = parser.parse_args()

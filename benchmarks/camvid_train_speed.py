@@ -8,7 +8,7 @@ after the first (which starts the workers and compiles). ``--rounds 2`` runs the
 interleaved, and reports the median per row over all its iterations, which evens out a shared VM's
 drift. The ratio column divides the first row's median by each row's, within this one run.
 
-    python benchmarks/camvid_train_speed.py [--iters 12] [--rounds 2] [--data ../shared/data/camvid]
+    python benchmarks/camvid_train_speed.py [--iters 12] [--rounds 2] [--data CAMVID_ROOT]
 
 ``--rows 0 2`` measures only those rows (the first listed is the baseline).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_runtime import REPO, iteration_times  # noqa: E402
+from cli_runtime import REPO, camvid_root, iteration_times  # noqa: E402
 
 ROWS = [
     ("2026-11-28 path: PyTorch defaults, eager full-resolution mask losses",
@@ -52,7 +52,7 @@ def run(env_extra: dict, overrides: list, data: str, iters: int, out: Path) -> l
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data", default=camvid_root(), help="CamVid folder (default: the camvid recipe's)")
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="indices of the rows to run")

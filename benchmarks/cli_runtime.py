@@ -8,7 +8,7 @@ spins, intra-op threads from the cores, freed memory kept), each on a quiet mach
 process (``while True: pass``). Training iterations are timed from ``log.csv`` (the first, which
 starts the workers, is left out); predictions from the time each image's output line appears.
 
-    python benchmarks/cli_runtime.py [--iters 8] [--loaded-iters 5] [--images 6] [--data ../shared/data/camvid]
+    python benchmarks/cli_runtime.py [--iters 8] [--loaded-iters 5] [--images 6] [--data CAMVID_ROOT]
 
 Target (issue 11): with the CLI's set-up, the loaded time at most 2.5x the quiet time.
 """
@@ -26,6 +26,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def camvid_root() -> str:
+    """The ``camvid`` recipe's ``data.root``, resolved as ``python -m recipes`` run from the repository does."""
+    sys.path.insert(0, str(REPO))
+    from recipes.config import load_recipe
+    return str((REPO / load_recipe("camvid")["data"]["root"]).resolve())
 
 
 def iteration_times(log_csv: Path) -> list:
@@ -71,7 +78,7 @@ class BusyProcess:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data", default=camvid_root(), help="CamVid folder (default: the camvid recipe's)")
     parser.add_argument("--iters", type=int, default=8, help="training iterations per quiet run")
     parser.add_argument("--loaded-iters", type=int, default=5,
                         help="training iterations per loaded run (PyTorch's defaults take ~30 s each there)")
