@@ -52,6 +52,18 @@ def tiny_recipe(root, iters=4, **extra):
     return recipe
 
 
+def on_call(n, function, action):
+    """``function`` that first runs ``action()`` on its ``n``-th call."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return function(*args, **kwargs)
+    return wrapped
+
+
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -82,16 +94,12 @@ def test_resume_continues_exactly(camvid_fixture, tmp_path, monkeypatch):
     engine.train(recipe, tmp_path / "straight", progress=False)
     straight = _weights(tmp_path / "straight" / "last.pth")
 
-    calls = {"n": 0}
     original = engine.compute_loss
 
-    def crash_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash after the checkpoint at iteration 2")
-        return original(*args, **kwargs)
+    def crash():
+        raise RuntimeError("simulated crash after the checkpoint at iteration 2")
 
-    monkeypatch.setattr(engine, "compute_loss", crash_on_third)
+    monkeypatch.setattr(engine, "compute_loss", on_call(3, original, crash))
     with pytest.raises(RuntimeError, match="simulated crash"):
         engine.train(recipe, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(engine, "compute_loss", original)

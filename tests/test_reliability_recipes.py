@@ -19,13 +19,9 @@ import conftest
 from recipes import config as cfg_lib
 from recipes import engine
 from recipes.__main__ import main
-from test_engine import TINY_MODEL, camvid_fixture, tiny_recipe  # noqa: F401  (fixture)
+from test_engine import TINY_MODEL, _weights, camvid_fixture, on_call, tiny_recipe  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def _same_weights(a, b):
@@ -47,16 +43,8 @@ def test_stop_signal_saves_and_resume_matches_straight_run(camvid_fixture, tmp_p
     engine.train(recipe, tmp_path / "straight", progress=False)
     straight = _weights(tmp_path / "straight" / "last.pth")
 
-    calls = {"n": 0}
     original = engine.compute_loss
-
-    def signal_during_third_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signum)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "compute_loss", signal_during_third_step)
+    monkeypatch.setattr(engine, "compute_loss", on_call(3, original, lambda: os.kill(os.getpid(), signum)))
     handler_before = signal.getsignal(signum)
     with pytest.raises(engine.TrainingInterrupted) as stopped:
         engine.train(recipe, tmp_path / "stopped", progress=False)

@@ -197,11 +197,14 @@ def test_official_checkpoints_without_extra_keys_load(spike2former_official, spi
     "backbone.block3.0.attn.gate.weight",
 ])
 def test_official_spike2former_checkpoint_with_an_extra_key_is_an_error(spike2former_official, extra):
-    model, state = spike2former_official
+    _assert_only_extra_key_reported(*spike2former_official, "spike2former_ade20k", extra, "Spike2Former")
+
+
+def _assert_only_extra_key_reported(model, state, name, extra, architecture):
     with pytest.raises(zoo.CheckpointMismatchError) as err:
-        load_weights(model, "spike2former_ade20k", {**state, extra: torch.zeros(1)}, "official.pth")
+        load_weights(model, name, {**state, extra: torch.zeros(1)}, "official.pth")
     text = str(err.value)
-    assert text.startswith("official.pth: an official Spike2Former checkpoint")
+    assert text.startswith(f"official.pth: an official {architecture} checkpoint")
     assert f"unexpected keys (1):\n    {extra}" in text and "missing keys" not in text
 
 
@@ -219,12 +222,7 @@ def test_unknown_backbone_key_is_named_instead_of_every_key_missing(spike2former
     "decode_head.scale_heads.1.1.1.weight",  # index 1 is the upsampling layer, which has no weights
 ])
 def test_official_spikefpn_checkpoint_with_an_extra_key_is_an_error(spikefpn_official, extra):
-    model, state = spikefpn_official
-    with pytest.raises(zoo.CheckpointMismatchError) as err:
-        load_weights(model, "spikefpn_ade20k", {**state, extra: torch.zeros(1)}, "official.pth")
-    text = str(err.value)
-    assert text.startswith("official.pth: an official SpikeFPN checkpoint")
-    assert f"unexpected keys (1):\n    {extra}" in text and "missing keys" not in text
+    _assert_only_extra_key_reported(*spikefpn_official, "spikefpn_ade20k", extra, "SpikeFPN")
 
 
 def test_backbone_model_names_an_unknown_key_of_an_official_segmentation_checkpoint(spike2former_official):
