@@ -514,8 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="output folder (created)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.add_argument("--threads", type=int, default=None,
-                       help="intra-op threads (default: this process's share of the cores; see recipes.runtime)")
+        runtime.add_threads_option(p)
         p.set_defaults(func=func)
         return p
 

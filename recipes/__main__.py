@@ -212,11 +212,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def threads_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="intra-op threads (default: this process's share of the cores; see recipes.runtime)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples instead of failing")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        threads_option(p)
+        runtime.add_threads_option(p)
 
     train = sub.add_parser("train", help="train a recipe")
     common(train)
@@ -249,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", help="checkpoint to load (default: the model's initial weights)")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--out", required=True, help="output folder")
-    threads_option(pr)
+    runtime.add_threads_option(pr)
     pr.set_defaults(func=cmd_predict)
     plot = sub.add_parser("plot", help="plot a run's loss curve and validation metric")
     plot.add_argument("run", help="a run folder (holds log.csv, val.csv)")

@@ -31,6 +31,7 @@ Each choice is reported in one log line. ``SPIKEZOO_RUNTIME=off`` leaves everyth
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import os
@@ -38,7 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-__all__ = ["prepare", "configure", "RuntimeChoices", "default_threads"]
+__all__ = ["prepare", "configure", "RuntimeChoices", "default_threads", "add_threads_option"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -134,3 +135,13 @@ def configure(threads: Optional[int] = None) -> RuntimeChoices:
                              "recipes.runtime.prepare()")
     choices.malloc = _keep_freed_memory()
     return choices
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """The CLIs' ``--threads N`` (a positive int; default: :func:`default_threads`)."""
+    def positive(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return int(text)
+    parser.add_argument("--threads", type=positive, default=None,
+                        help="intra-op threads (default: this process's share of the cores; see recipes.runtime)")

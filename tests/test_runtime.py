@@ -85,3 +85,15 @@ def test_the_cli_reports_its_set_up(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "runtime: 1 intra-op thread; OpenMP wait: spin 1000 rounds" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_both_clis_refuse_a_thread_count_below_one(value, capsys):
+    from analysis.__main__ import build_parser as analysis_parser
+    from recipes.__main__ import build_parser as recipes_parser
+    for parser, argv in ((recipes_parser(), ["predict", "--model", "m", "a.png", "--out", "o"]),
+                         (analysis_parser(), ["firing", "--model", "m", "--data", "d", "--out", "o"])):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*argv, "--threads", value])
+        assert exit_.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+    assert recipes_parser().parse_args(["predict", "--model", "m", "a.png", "--out", "o", "--threads", "3"]).threads == 3
