@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_runtime import REPO, camvid_root, iteration_times  # noqa: E402
+from cli_runtime import camvid_root, environment_without_runtime_settings, run_train  # noqa: E402
 
 ROWS = [
     ("2026-11-28 path: PyTorch defaults, eager full-resolution mask losses",
@@ -34,20 +34,6 @@ ROWS = [
     ("+ mask losses compiled (loss.compile, the default)", {}, []),
     ("+ mask losses at 12,544 sampled points (loss.num_points=12544)", {}, ["loss.num_points=12544"]),
 ]
-
-
-def run(env_extra: dict, overrides: list, data: str, iters: int, out: Path) -> list:
-    import subprocess
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME",
-                        "SPIKEZOO_SET_GOMP_SPINCOUNT") and not k.startswith("MALLOC_")}
-    env.update(env_extra)
-    sets = [f"data.root={data}", f"train.iters={iters}", "train.log_interval=1", f"train.eval_interval={iters + 1}",
-            f"train.checkpoint_interval={iters + 1}", *overrides]
-    subprocess.run([sys.executable, "-m", "recipes", "train", "camvid", "--out", str(out), "--no-progress",
-                    "--device", "cpu", *[arg for s in sets for arg in ("--set", s)]],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    return iteration_times(out / "log.csv")[1:]
 
 
 def main():
@@ -62,7 +48,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             for i, (name, env, overrides) in enumerate(rows):
-                measured = run(env, overrides, args.data, args.iters, Path(tmp) / f"{round_}-{i}")
+                measured = run_train({**environment_without_runtime_settings(), **env}, args.data, args.iters,
+                                     Path(tmp), overrides)
                 times[name] += measured
                 print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
     base = statistics.median(times[rows[0][0]])

@@ -35,6 +35,13 @@ def camvid_root() -> str:
     return str((REPO / load_recipe("camvid")["data"]["root"]).resolve())
 
 
+def environment_without_runtime_settings() -> dict:
+    """This environment less what would override the CLI's own set-up (OpenMP, threads, malloc)."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME")
+            and not k.startswith("MALLOC_")}
+
+
 def iteration_times(log_csv: Path) -> list:
     """Per-iteration seconds from log.csv's running mean (``seconds_per_iter`` after ``iteration`` steps)."""
     with open(log_csv) as handle:
@@ -43,12 +50,13 @@ def iteration_times(log_csv: Path) -> list:
     return [b - a for a, b in zip(elapsed, elapsed[1:])]
 
 
-def run_train(env: dict, data: str, iters: int, workdir: Path) -> list:
+def run_train(env: dict, data: str, iters: int, workdir: Path, overrides=()) -> list:
+    """Seconds of each iteration but the first of ``python -m recipes train camvid`` (``--set overrides``)."""
     out = workdir / f"run-{time.monotonic_ns()}"
+    sets = [f"data.root={data}", f"train.iters={iters}", "train.log_interval=1", f"train.eval_interval={iters + 1}",
+            f"train.checkpoint_interval={iters + 1}", *overrides]
     subprocess.run([sys.executable, "-m", "recipes", "train", "camvid", "--out", str(out), "--no-progress",
-                    "--device", "cpu", "--set", f"data.root={data}", "--set", f"train.iters={iters}",
-                    "--set", "train.log_interval=1", "--set", f"train.eval_interval={iters + 1}",
-                    "--set", f"train.checkpoint_interval={iters + 1}"],
+                    "--device", "cpu", *[arg for item in sets for arg in ("--set", item)]],
                    cwd=REPO, env=env, check=True, capture_output=True, text=True)
     return iteration_times(out / "log.csv")[1:]
 
@@ -88,9 +96,7 @@ def main():
     if len(images) < 2:
         raise SystemExit(f"need CamVid val images under {args.data}/val")
 
-    base_env = {k: v for k, v in os.environ.items()
-                if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME")
-                and not k.startswith("MALLOC_")}
+    base_env = environment_without_runtime_settings()
     setups = {"PyTorch defaults": {**base_env, "SPIKEZOO_RUNTIME": "off"}, "CLI set-up (default)": base_env}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -156,7 +156,7 @@ def measure(args, setting: Setting) -> dict:
 
 def allocator_env(name: str) -> dict:
     if name == "cli":
-        return {"GOMP_SPINCOUNT": "1000", "SPIKEZOO_SET_GOMP_SPINCOUNT": "1"}  # as recipes.runtime.prepare()
+        return {"GOMP_SPINCOUNT": "1000"}  # as recipes.runtime.prepare() sets it
     if name == "glibc":
         return {}
     if name == "glibc-reuse":

@@ -68,14 +68,16 @@ def _disabled() -> bool:
 
 _SPIN_ROUNDS = "1000"
 _WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_spin_set_here = False  # prepare() chose the spin count (else the user did, or nobody)
 
 
 def prepare() -> None:
     """Shorten OpenMP's spin-wait (``GOMP_SPINCOUNT``) unless the user chose one; run before ``import torch``."""
+    global _spin_set_here
     if _disabled() or "torch" in sys.modules or any(v in os.environ for v in _WAIT_VARIABLES):
         return
     os.environ["GOMP_SPINCOUNT"] = _SPIN_ROUNDS
-    os.environ["SPIKEZOO_SET_GOMP_SPINCOUNT"] = "1"  # tells configure() the value is ours, not the user's
+    _spin_set_here = True
 
 
 def default_threads() -> int:
@@ -125,7 +127,7 @@ def configure(threads: Optional[int] = None) -> RuntimeChoices:
         torch.set_num_threads(choices.threads)
     if _disabled():
         return choices
-    if os.environ.get("SPIKEZOO_SET_GOMP_SPINCOUNT") == "1":
+    if _spin_set_here:
         choices.openmp_wait = f"spin {_SPIN_ROUNDS} rounds, then sleep (GOMP_SPINCOUNT={_SPIN_ROUNDS})"
     elif any(v in os.environ for v in _WAIT_VARIABLES):
         choices.openmp_wait = "as set: " + ", ".join(f"{v}={os.environ[v]}" for v in _WAIT_VARIABLES

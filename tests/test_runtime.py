@@ -38,8 +38,7 @@ print(json.dumps({{"spin": os.environ.get("GOMP_SPINCOUNT"), "threads": torch.ge
 
 def probe(env_extra=None, before="", threads=None):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME",
-                        "SPIKEZOO_SET_GOMP_SPINCOUNT", "LD_PRELOAD")
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPIKEZOO_RUNTIME", "LD_PRELOAD")
            and not k.startswith("MALLOC_")}
     env.update(env_extra or {})
     result = subprocess.run([sys.executable, "-c", PROBE.format(before=before, threads=threads)], cwd=REPO, env=env,
