@@ -418,7 +418,7 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode_with_time_steps(model, T))
-            stack.enter_context(using(model, mask_order="features_first"))
+            stack.enter_context(using(model, mask_order="features_first", compile=False))
             time_steps = getattr(model, "T", None)
             stats = stack.enter_context(spike_driven_mode(model)) if exact else None
             if not exact:

@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from zoo.execution import using
 from zoo.spike_driven import spike_source_of
 
 __all__ = ["LayerFiring", "GroupFiring", "FiringReport", "FiringRateMonitor", "default_group",
@@ -213,6 +214,9 @@ class FiringRateMonitor:
     def __enter__(self) -> "FiringRateMonitor":
         if self._handles:
             raise RuntimeError("this FiringRateMonitor is already active")
+        # hooks see every neuron's output only where the network runs eagerly
+        self._eager = using(self.model, compile=False)
+        self._eager.__enter__()
         self._handles.append(self.model.register_forward_pre_hook(self._count_images, with_kwargs=True))
         for name, module in self.model.named_modules():
             source = spike_source_of(module)
@@ -224,6 +228,7 @@ class FiringRateMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._eager.__exit__(None, None, None)
 
     def _count_images(self, module, args, kwargs) -> None:
         x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)

@@ -87,3 +87,37 @@ def test_bf16_precision_feeds_the_layers_bf16_and_keeps_membranes_fp32(name):
     assert labels.shape == reference.shape and labels.dtype == reference.dtype
     # How close bf16 stays to fp32 is measured on trained weights (benchmarks/bf16_fidelity.py): on tiny
     # random networks like this one a single flipped spike cascades, so agreement says nothing here.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["spike2former_camvid", "spikefpn_camvid"])
+def test_compiled_network_matches_eager_in_training(name):
+    """execution.compile: outputs and gradients of the Inductor-compiled network against the eager one
+    (training, where the compiled backward is used; an eval forward is the same forward graph without it)."""
+    images = torch.randn(2, 3, 64, 64)
+    # no dropout: Inductor draws its own random numbers, so masks would differ
+    model = lively(tiny(name, **({"dropout": 0.0} if name.startswith("spikefpn") else {})), images, grid=0)
+    for module in model.modules():  # lively's cumulative BN averages read a counter, which breaks the graph
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+
+    def run(compiled):
+        model.set_execution(compile=compiled)
+        model.train()
+        model.zero_grad()
+        out = model(images)
+        parts = [out["pred_logits"], out["pred_masks"]] if isinstance(out, dict) else [out]
+        sum(p.sigmoid().square().mean() for p in parts).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        statistics = [b.clone() for b in model.buffers() if b.is_floating_point()]  # BN running averages
+        return [p.detach() for p in parts] + grads + statistics
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    eager = run(False)
+    model.load_state_dict(state)
+    compiled = run(True)
+    assert not zoo.base._COMPILE_FAILED, zoo.base._COMPILE_FAILED  # it ran compiled, not the eager fallback
+    assert len(compiled) == len(eager) > 2
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5 * max(1.0, float(e.abs().max())))
+    assert max(float(e.abs().max()) for e in eager) > 0

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
-from typing import ContextManager, Tuple
+from typing import Any, Callable, ContextManager, Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,12 @@ from . import hub
 from .execution import ExecutionOptions, as_options
 
 __all__ = ["SegmentationModel"]
+
+# One torch.compile wrapper per network function (the function, not the instance: Dynamo treats the
+# module as an input, so instances of one architecture share compiled code where their structure agrees).
+_COMPILED: Dict[Callable, Callable] = {}
+# Network functions whose compilation failed in this process: they run eagerly from then on.
+_COMPILE_FAILED: Dict[Callable, str] = {}
 
 
 class SegmentationModel(nn.Module):
@@ -105,9 +112,31 @@ class SegmentationModel(nn.Module):
         if self._execution.precision == "bf16":
             device_type = next(self.parameters()).device.type
             stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
-        if self._execution.compact_saved_spikes and self.training and torch.is_grad_enabled():
+        if (self._execution.compact_saved_spikes and not self._execution.compile and self.training
+                and torch.is_grad_enabled()):
             stack.enter_context(compact_saved_spikes(self, self._execution.recompute_macs_per_output))
         return stack
+
+    def run_network(self, network: Callable, *args: Any):
+        """``network(self, *args)``, through ``torch.compile`` when ``execution.compile`` is set.
+
+        ``network`` is an (unbound) method of the model that computes from the padded time sequence to
+        the outputs, so that the input checks and the neuron reset stay outside the compiled graph.
+        """
+        if not self._execution.compile or network in _COMPILE_FAILED or torch.compiler.is_compiling():
+            return network(self, *args)
+        first = network not in _COMPILED
+        if first:
+            _COMPILED[network] = torch.compile(network, dynamic=False)
+        try:
+            return _COMPILED[network](self, *args)
+        except Exception as err:  # no C++ compiler, or an Inductor failure: the eager network is the same
+            if not first:
+                raise
+            _COMPILE_FAILED[network] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"execution.compile: compiling {network.__qualname__} failed ({_COMPILE_FAILED[network]}); "
+                          "running it eagerly (same results, slower)", RuntimeWarning, stacklevel=2)
+            return network(self, *args)
 
     def returned(self, output: torch.Tensor) -> torch.Tensor:
         """An output as the model returns it: fp32 after its own bf16 computation (``precision='bf16'``);

@@ -281,7 +281,7 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     counter = MacCounter(model)
     try:
         with eval_mode_with_time_steps(model, T), \
-                using(model, product_order=product_order_override, mask_order=mask_order_override):
+                using(model, product_order=product_order_override, mask_order=mask_order_override, compile=False):
             time_steps = getattr(model, "T", 1)
             if device is None:
                 reference = next(model.parameters())

@@ -48,6 +48,14 @@ class ExecutionOptions:
     - ``precision``: one of :data:`PRECISIONS`. Unlike the others, 'bf16' changes results beyond
       float rounding: layer outputs are rounded to 8-bit mantissas, which moves neurons that sit
       near a threshold (README, Performance, gives the measured agreement).
+    - ``compile``: run the network (everything after the input checks, padding and neuron reset)
+      through ``torch.compile`` (Inductor), which fuses the neuron, BatchNorm and elementwise chains
+      of forward and backward. The first forward of each input shape, mode (train/eval) and precision
+      compiles (minutes on a CPU, once per process); later ones reuse the code. Inductor needs a
+      C++ compiler on CPU: when compiling fails, a warning says why and the model runs eagerly
+      from then on. Autograd of the compiled graph chooses what it saves, so
+      ``compact_saved_spikes`` does not apply while compiled. Same outputs and gradients as eager
+      up to float rounding (a rounding difference can move a neuron sitting exactly at a threshold).
     """
 
     keep_neuron_states: bool = False
@@ -56,6 +64,7 @@ class ExecutionOptions:
     mask_order: str = "auto"
     product_order: str = "auto"
     precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self):
         if self.mask_order not in MASK_ORDERS:
@@ -64,7 +73,7 @@ class ExecutionOptions:
             raise ValueError(f"product_order must be one of {PRODUCT_ORDERS}, got {self.product_order!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("keep_neuron_states", "compact_saved_spikes"):
+        for name in ("keep_neuron_states", "compact_saved_spikes", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         macs = self.recompute_macs_per_output

@@ -413,7 +413,7 @@ def spike_driven_mode(model: nn.Module) -> Iterator[SpikeDrivenStats]:
     try:
         with contextlib.ExitStack() as stack:
             # the layers as the paper defines them (Spike2Former's mask-feature conv runs on its spikes)
-            stack.enter_context(using(model, mask_order="features_first"))
+            stack.enter_context(using(model, mask_order="features_first", compile=False))
             stack.enter_context(marking_spikes(model))
             for name, module in model.named_modules():
                 if isinstance(module, SYNAPSES):

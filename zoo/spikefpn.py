@@ -149,8 +149,11 @@ class SpikeFPN(SegmentationModel):
     def _logits(self, images: torch.Tensor):
         with self.computing():
             x, image_size = self.to_sequence(images)
-            logits = self.head(self.neck(self.backbone(x))).mean(0)
+            logits = self.run_network(SpikeFPN._network, x)
         return self.returned(logits), tuple(x.shape[-2:]), image_size
+
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.neck(self.backbone(x))).mean(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._logits(images)[0]

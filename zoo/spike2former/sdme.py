@@ -86,7 +86,12 @@ def mask_product(embedding: torch.Tensor, features: torch.Tensor, offset: Option
 
     ``embedding``: mask embeddings ``[T, L, B, Q, C]``; ``features``: mask features ``[T, B, C, H, W]``;
     ``offset``: ``[L, B, Q]``, added to every pixel of each mask.
+    Under ``torch.compile`` the product is left to autograd (dense backward): the sparse backward
+    selects rows by their values, which a compiled graph cannot express.
     """
+    if torch.compiler.is_compiling():
+        masks = torch.einsum("tlbqc,tbchw->lbqhw", embedding, features) / embedding.shape[0]
+        return masks if offset is None else masks + offset[..., None, None]
     return _MaskProduct.apply(embedding, features, offset)
 
 

@@ -82,15 +82,18 @@ class Spike2Former(SegmentationModel):
                      ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int], Tuple[int, int]]:
         with self.computing():
             x, image_size = self.to_sequence(images)
-            features = self.backbone(x)
-            projection_last = self._projection_last(all_layers)
-            mask_features, multi_scale = self.pixel_decoder(features, project_mask_features=not projection_last)
-            states = self.transformer_decoder(multi_scale)
-            projection = self.pixel_decoder.mask_feature.conv if projection_last else None
-            class_logits, mask_logits = self.sdme(states, mask_features, last_only=not all_layers,
-                                                  feature_projection=projection)
-            class_logits, mask_logits = self.time_mean(class_logits, 1), self.time_mean(mask_logits, 1)
+            class_logits, mask_logits = self.run_network(Spike2Former._network, x, all_layers)
         return self.returned(class_logits), self.returned(mask_logits), tuple(x.shape[-2:]), image_size
+
+    def _network(self, x: torch.Tensor, all_layers: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        projection_last = self._projection_last(all_layers)
+        mask_features, multi_scale = self.pixel_decoder(features, project_mask_features=not projection_last)
+        states = self.transformer_decoder(multi_scale)
+        projection = self.pixel_decoder.mask_feature.conv if projection_last else None
+        class_logits, mask_logits = self.sdme(states, mask_features, last_only=not all_layers,
+                                              feature_projection=projection)
+        return self.time_mean(class_logits, 1), self.time_mean(mask_logits, 1)
 
     def forward(self, images: torch.Tensor, all_layers: Optional[bool] = None) -> Dict[str, torch.Tensor]:
         """Class and mask logits of every query state.
