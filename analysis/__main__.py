@@ -16,8 +16,9 @@ Model
 
 Data
   --data       a recipe (a name from `python -m recipes list`, or a .py file): its dataset, the split --split
-               (default: the recipe's validation split) under the recipe's data.root (relative to the current
-               folder, as for `python -m recipes`; --data-root overrides it), resized as its eval transforms do.
+               (default: the recipe's validation split) in the recipe's data.root (a folder under
+               $SPIKEZOO_DATA, else ./data, as for `python -m recipes`; --data-root overrides it), resized as
+               its eval transforms do.
                Or a folder of .jpg/.jpeg/.png images (sub-folders are not searched; write ./camvid for a folder
                named like a recipe), in name order, at their own size.
                Images are normalised with the model's mean/std (its pretrained_cfg).
@@ -73,12 +74,10 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import zoo  # noqa: E402
-from recipes.config import apply_overrides, error_message, list_recipes, load_recipe  # noqa: E402
+from recipes.config import DATA_ENV, apply_overrides, dataset_path, error_message, list_recipes, load_recipe  # noqa: E402
 from recipes.datasets import DatasetError, build_dataset  # noqa: E402
-from recipes.transforms import Normalize, eval_transforms, short_side_size  # noqa: E402
-from zoo.factory import load_weights  # noqa: E402
-from zoo.hub import (CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError, load_strict,  # noqa: E402
-                     read_checkpoint)
+from recipes.transforms import Normalize, build_transforms, short_side_size  # noqa: E402
+from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
 from zoo.images import ImageReadError, read_rgb  # noqa: E402
 from zoo.registry import is_model  # noqa: E402
 from zoo.spike2former import Spike2Former  # noqa: E402
@@ -199,15 +198,15 @@ def _recipe_images(args, mean, std, resize) -> Images:
         raise UsageError(error_message(err)) from None
     data = recipe["data"]
     split = args.split or data["val_split"]
-    root = args.data_root or data["root"]
+    root = args.data_root or dataset_path(data["root"])
     try:
         dataset = build_dataset(data["dataset"], root, split)
     except (DatasetError, KeyError, OSError) as err:
         raise UsageError(f"recipe {recipe['name']}, {data['dataset']} {split} split at {root} (--data-root sets "
-                         f"the dataset folder): {error_message(err)}") from None
+                         f"the dataset folder, ${DATA_ENV} the folder of all datasets): {error_message(err)}") from None
     # the recipe's eval resize unless --size replaces it
     transform = (v2.Compose([*resize, Normalize(mean, std)]) if resize
-                 else eval_transforms(data.get("eval_scale"), mean, std))
+                 else build_transforms(recipe, False, mean, std))
     count = min(args.limit or len(dataset), len(dataset))
 
     def read(index: int) -> dict:
@@ -240,9 +239,7 @@ def load_model(source: str, weights: Optional[str], kwargs: Dict[str, object], s
                          "written by save_pretrained")
     torch.manual_seed(seed)
     try:
-        model = zoo.create(source, **kwargs)
-        if weights is not None:
-            load_weights(model, model.pretrained_cfg.name, read_checkpoint(weights), source=weights)
+        model = zoo.create(source, checkpoint_path=weights, **kwargs)
     except TypeError as err:
         if not kwargs:
             raise

@@ -33,6 +33,9 @@ ROWS = [
     ("+ CLI runtime (short OpenMP spin, 2 threads, malloc keeps freed memory)", {}, ["loss.compile=False"]),
     ("+ mask losses compiled (loss.compile, the default)", {}, []),
     ("+ mask losses at 12,544 sampled points (loss.num_points=12544)", {}, ["loss.num_points=12544"]),
+    ("+ network compiled (train.execution.compile=True)", {}, ["train.execution.compile=True"]),
+    ("+ network compiled, bf16 (train.execution.precision=bf16)", {},
+     ["train.execution.compile=True", "train.execution.precision=bf16"]),
 ]
 
 

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 def camvid_root() -> str:
     """The ``camvid`` recipe's ``data.root``, resolved as ``python -m recipes`` run from the repository does."""
     sys.path.insert(0, str(REPO))
-    from recipes.config import load_recipe
-    return str((REPO / load_recipe("camvid")["data"]["root"]).resolve())
+    from recipes.config import dataset_path, load_recipe
+    return str((REPO / dataset_path(load_recipe("camvid")["data"]["root"])).resolve())
 
 
 def environment_without_runtime_settings() -> dict:

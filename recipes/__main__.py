@@ -6,6 +6,8 @@
     python -m recipes eval camvid --weights runs/x/best.pth
     python -m recipes predict --model spike2former_camvid --weights runs/x/best.pth img.png --out pred/
     python -m recipes plot runs/x                                 # training_curve.png / .svg
+    python -m recipes data download camvid                        # into $SPIKEZOO_DATA (else ./data)
+    python -m recipes data check camvid ade20k                    # samples per split against the published counts
 
 At start the CLI sets up threads, OpenMP's spin-wait and glibc malloc for this machine and logs what
 it chose (recipes.runtime; --threads N sets the intra-op threads, SPIKEZOO_RUNTIME=off keeps
@@ -56,16 +58,6 @@ def _load_recipe(args) -> dict:
     return cfg_lib.validate_recipe(recipe)
 
 
-def _load_model_weights(model, name: str, weights: str) -> None:
-    """Our training checkpoints ({'model': ...}), saved folders, .safetensors, official checkpoints."""
-    from zoo.factory import load_weights
-    from zoo.hub import read_checkpoint
-    try:
-        load_weights(model, name, read_checkpoint(weights), source=weights)
-    except ValueError as err:  # unreadable or not a state_dict
-        raise UsageError(f"--weights {weights}: {err}") from err
-
-
 def cmd_list(args) -> int:
     for name in cfg_lib.list_recipes():
         recipe = cfg_lib.load_recipe(name)
@@ -96,9 +88,7 @@ def cmd_eval(args) -> int:
     from .engine import DistributedContext, build_model, build_val_data, evaluate
     recipe = _load_recipe(args)
     ctx = DistributedContext(args.device)
-    model = build_model(recipe)
-    _load_model_weights(model, recipe["model"]["name"], args.weights)
-    model.to(ctx.device)
+    model = build_model(recipe, weights=args.weights).to(ctx.device)
     val_set, eval_tf = build_val_data(recipe, model, args.skip_bad)
     metrics = evaluate(model, val_set, eval_tf, ctx, args.limit, progress=not args.no_progress)
     if ctx.is_main:
@@ -112,24 +102,28 @@ def _overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.n
     return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
 
 
+def _at_size(ids: torch.Tensor, size) -> torch.Tensor:
+    """An id map [h, w] brought to ``size`` by nearest neighbour (ids are not averaged)."""
+    if tuple(ids.shape) == tuple(size):
+        return ids
+    resized = torch.nn.functional.interpolate(ids[None, None].double(), size=tuple(size), mode="nearest")
+    return resized[0, 0].to(ids.dtype)
+
+
 def cmd_predict(args) -> int:
     from PIL import Image
     import zoo
     from zoo.images import ImageReadError, read_rgb
     try:
-        model = zoo.create(args.model)
-    except KeyError as err:
-        raise UsageError(cfg_lib.error_message(err)) from err
-    if args.weights:
-        _load_model_weights(model, args.model, args.weights)
-    model.eval()
+        model = zoo.create(args.model, checkpoint_path=args.weights).eval()
+    except (KeyError, ValueError) as err:  # an unknown model; weights that are not a state_dict
+        raise UsageError(f"--weights {args.weights}: {cfg_lib.error_message(err)}" if args.weights and
+                         not isinstance(err, KeyError) else cfg_lib.error_message(err)) from err
     cfg = model.pretrained_cfg
     palette = np.array(cfg.palette or [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(256)],
                        dtype=np.uint8)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    mean = torch.tensor(cfg.mean).view(3, 1, 1)
-    std = torch.tensor(cfg.std).view(3, 1, 1)
     unreadable = []
     for path in map(Path, args.images):
         try:
@@ -138,11 +132,10 @@ def cmd_predict(args) -> int:
             print(f"{PROG} predict: skipped: {err}", file=sys.stderr)
             unreadable.append(str(path))
             continue
-        x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
-        prediction = model.predict(x[None])
+        prediction = model.predict(model.preprocess(rgb))  # at the config's evaluation size ...
         if cfg.task == "panoptic":
             segment_ids, segments = prediction[0]
-            ids = segment_ids.numpy()
+            ids = _at_size(segment_ids, rgb.shape[:2]).numpy()  # ... and back at the image's, as evaluated
             categories = np.zeros(len(segments) + 1, dtype=np.int64)
             for seg in segments:
                 categories[seg["id"]] = seg["category_id"]
@@ -150,7 +143,7 @@ def cmd_predict(args) -> int:
             Image.fromarray(ids.astype(np.uint16)).save(out / f"{path.stem}_segments.png")
             (out / f"{path.stem}_segments.json").write_text(json.dumps(segments, indent=2))
         else:
-            labels = prediction[0].numpy()
+            labels = _at_size(prediction[0], rgb.shape[:2]).numpy()
             colours = palette[labels % len(palette)]
             dtype = np.uint8 if cfg.num_classes <= 256 else np.uint16
             Image.fromarray(labels.astype(dtype)).save(out / f"{path.stem}_labels.png")
@@ -202,6 +195,29 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from . import download
+    root = Path(args.root) if args.root else cfg_lib.data_root()
+    if args.action == "list":
+        print("\n".join(download.describe(args.names)))
+        return 0
+    if not args.names:
+        raise UsageError(f"data {args.action} needs dataset names; known: {sorted(download.SOURCES)}")
+    complete = True
+    for name in args.names:
+        if args.action == "download":
+            lines = download.download(name, root, progress=not args.no_progress)
+        elif args.action == "prepare":
+            if not args.downloaded:
+                raise UsageError("data prepare needs --from FOLDER: where the archives you fetched are")
+            lines = download.prepare_manual(name, root, Path(args.downloaded), progress=not args.no_progress)
+        else:
+            lines, ok = download.check(name, root)
+            complete &= ok
+        print("\n".join(lines))
+    return 0 if complete else 1
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -246,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     runtime.add_threads_option(pr)
     pr.set_defaults(func=cmd_predict)
+    data = sub.add_parser("data", help="download, prepare or check datasets under the data root")
+    data.add_argument("action", choices=("download", "check", "prepare", "list"))
+    data.add_argument("names", nargs="*", help="datasets (python -m recipes data list)")
+    data.add_argument("--root", help="the data root (default: $SPIKEZOO_DATA, else ./data)")
+    data.add_argument("--from", dest="downloaded", help="prepare: the folder holding the archives you fetched")
+    data.add_argument("--no-progress", action="store_true", help="no progress bars")
+    data.set_defaults(func=cmd_data)
     plot = sub.add_parser("plot", help="plot a run's loss curve and validation metric")
     plot.add_argument("run", help="a run folder (holds log.csv, val.csv)")
     plot.add_argument("--out", help="output folder (default: the run folder)")

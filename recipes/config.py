@@ -11,6 +11,7 @@ import ast
 import copy
 import importlib
 import importlib.util
+import os
 import pkgutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -78,10 +79,30 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
                 raise RecipeError(f"--set {dotted}: {key!r} is not a section of the recipe; "
                                   f"the sections here are {sections}")
             node = node[key]
-        if keys[-1] not in node and keys[-2:-1] != ["kwargs"]:
+        if keys[-1] not in node and not (len(keys) > 1 and keys[-2] in _OPEN_SECTIONS):
             raise RecipeError(f"--set {dotted}: no such key; the section has {sorted(node)}")
         node[keys[-1]] = _parse_value(text.strip())
     return recipe
+
+
+# ------------------------------------------------------------------ where datasets live
+
+DATA_ENV = "SPIKEZOO_DATA"
+
+
+def data_root() -> Path:
+    """The folder that holds the datasets, each in its own sub-folder: ``$SPIKEZOO_DATA``, else ``./data``."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def dataset_path(root: str) -> Path:
+    """A recipe's ``data.root`` as a folder: a name such as ``camvid`` lies under :func:`data_root`;
+    an absolute path, or one starting with ``./`` or ``../``, is taken as it is (relative to the
+    current folder)."""
+    path = Path(root)
+    if path.is_absolute() or root.startswith(("./", "../", ".\\", "..\\")) or root in (".", ".."):
+        return path
+    return data_root() / path
 
 
 # ------------------------------------------------------------------ checking a recipe
@@ -160,7 +181,8 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
     "model": {"name": _Check("str"), "kwargs": _Check("dict"), "init_checkpoint": _Check("str", optional=True)},
     "data": {"dataset": _Check("str"), "root": _Check("str"), "train_split": _Check("str"),
              "val_split": _Check("str"), "crop_size": _Check("ints", 1, length=2), "scales": _Check("ints", 1),
-             "max_long_side": _Check("int", 1), "cat_max_ratio": _Check("float", 0, 1, low_open=True),
+             "scale_mode": _Check("str", choices=("choice", "range", "long_range")),
+             "max_long_side": _Check("int", 1, optional=True), "cat_max_ratio": _Check("float", 0, 1, low_open=True),
              "eval_scale": _Check("ints", 1, length=2, optional=True), "batch_size": _Check("int", 1),
              "num_workers": _Check("int", 0), "val_limit": _Check("int", 1, optional=True)},
     "loss": {"type": _Check("str", choices=("mask_classification", "per_pixel")),
@@ -173,11 +195,15 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
               "poly_power": _Check("float", 0), "poly_iters": _Check("int", 1, optional=True),
               "no_decay": _Check("strs")},
     "train": {"iters": _Check("int", 1), "eval_interval": _Check("int", 1), "checkpoint_interval": _Check("int", 1),
-              "log_interval": _Check("int", 1), "seed": _Check("int", 0), "amp": _Check("bool")},
+              "log_interval": _Check("int", 1), "seed": _Check("int", 0), "amp": _Check("bool"),
+              "execution": _Check("dict")},
 }
 # the per-pixel loss has no mask-classification weights
 _OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight",
                   "loss.compile", "loss.num_points"}
+# sections holding free-form dicts: model.kwargs (the model's arguments) and train.execution (the
+# zoo.ExecutionOptions fields of the training forwards); --set may add keys to them
+_OPEN_SECTIONS = ("kwargs", "execution")
 
 
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
@@ -185,11 +211,16 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
 
     Raises :class:`RecipeError` listing every problem (``data.batch_size: expected an int >= 1, got 2.5``).
     """
+    from zoo.execution import as_options
     from zoo.registry import is_model
 
     from .datasets import DATASET_CLASSES
 
     recipe = copy.deepcopy(recipe)
+    if isinstance(recipe.get("train"), dict):  # recipes written before these keys existed
+        recipe["train"].setdefault("execution", {})
+    if isinstance(recipe.get("data"), dict):
+        recipe["data"].setdefault("scale_mode", "choice")
     problems: List[str] = []
     for section in sorted(set(recipe) - set(_SCHEMA) - {"name"}):
         problems.append(f"{section}: not a section of a recipe (sections: {sorted(_SCHEMA)})")
@@ -211,6 +242,10 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
             except TypeError:
                 problems.append(f"{dotted}: expected {check.describe()}, got {node[key]!r}")
     if not problems:
+        try:
+            as_options(recipe["train"]["execution"])
+        except (TypeError, ValueError) as err:
+            problems.append(f"train.execution: {err}")
         if not is_model(recipe["model"]["name"]):
             problems.append(f"model.name: unknown model {recipe['model']['name']!r} (zoo.list_models() lists them)")
         if recipe["data"]["dataset"] not in DATASET_CLASSES:
@@ -243,11 +278,11 @@ def _canonical(value: Any) -> Any:
 
 
 # What ``--resume`` may change: how long the run goes on and how it reports, where the data lies and
-# how it is read, whether the mask losses are compiled (the same losses). Everything else is the state
-# the checkpoint was trained with (the optimiser's learning rates, the schedule, the model, the loss
-# and the sample order).
+# how it is read, whether the mask losses and the network are compiled (the same computation).
+# Everything else is the state the checkpoint was trained with (the optimiser's learning rates, the
+# schedule, the model, the loss, the precision and the sample order).
 RESUMABLE_KEYS = ("name", "train.iters", "train.eval_interval", "train.checkpoint_interval", "train.log_interval",
-                  "data.root", "data.num_workers", "data.val_limit", "loss.compile")
+                  "data.root", "data.num_workers", "data.val_limit", "loss.compile", "train.execution.compile")
 
 
 def resume_changes(saved: Dict[str, Any], recipe: Dict[str, Any]) -> Tuple[List[str], List[str]]:

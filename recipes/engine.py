@@ -37,9 +37,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import zoo
+from zoo.execution import using
 from zoo.hub import write_files_atomically
 
-from .config import RESUMABLE_KEYS, RecipeError, error_message, resume_changes, validate_recipe
+from .config import (DATA_ENV, RESUMABLE_KEYS, RecipeError, dataset_path, error_message, resume_changes,
+                     validate_recipe)
 from .datasets import collate_samples
 
 __all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
@@ -258,38 +260,50 @@ def _restore_rng(state: Dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ building blocks from a recipe
 
-def build_model(recipe: Dict[str, Any]) -> nn.Module:
-    """The recipe's model, with ``model.init_checkpoint`` loaded strictly when set; errors name the recipe key."""
+def build_model(recipe: Dict[str, Any], weights: Optional[str] = None) -> nn.Module:
+    """The recipe's model through ``zoo.create``, with ``weights`` (or else ``model.init_checkpoint``)
+    loaded strictly; errors name the recipe key."""
     model_cfg = recipe["model"]
+    checkpoint = weights or model_cfg.get("init_checkpoint")
     try:
-        model = zoo.create(model_cfg["name"], **model_cfg.get("kwargs", {}))
-    except (TypeError, ValueError, KeyError) as err:
+        return zoo.create(model_cfg["name"], checkpoint_path=checkpoint, **model_cfg.get("kwargs", {}))
+    except TypeError as err:
         raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
                           f"{error_message(err)}") from err
-    if model_cfg.get("init_checkpoint"):
-        from zoo.factory import load_weights
-        from zoo.hub import read_checkpoint
-        path = model_cfg["init_checkpoint"]
-        load_weights(model, model_cfg["name"], read_checkpoint(path), source=str(path))
-    return model
+    except ValueError as err:
+        if checkpoint is None:
+            raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
+                              f"{error_message(err)}") from err
+        raise RecipeError(f"{checkpoint}: {error_message(err)}") from err
 
 
 def build_train_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
     """``(training set, training transform)``."""
-    from . import datasets, transforms
-    data = recipe["data"]
-    mean, std = model.pretrained_cfg.mean, model.pretrained_cfg.std
-    train_tf = transforms.train_transforms(data["crop_size"], data["scales"], data["max_long_side"], mean, std,
-                                           cat_max_ratio=data.get("cat_max_ratio", 0.75))
-    return datasets.build_dataset(data["dataset"], data["root"], data["train_split"], skip_bad=skip_bad), train_tf
+    from . import transforms
+    train_tf = transforms.build_transforms(recipe, True, model.pretrained_cfg.mean, model.pretrained_cfg.std)
+    return _recipe_dataset(recipe["data"], recipe["data"]["train_split"], skip_bad), train_tf
 
 
 def build_val_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
     """``(validation set, eval transform)``: all that evaluation needs (the training split may be absent)."""
-    from . import datasets, transforms
-    data = recipe["data"]
-    eval_tf = transforms.eval_transforms(data.get("eval_scale"), model.pretrained_cfg.mean, model.pretrained_cfg.std)
-    return datasets.build_dataset(data["dataset"], data["root"], data["val_split"], skip_bad=skip_bad), eval_tf
+    from . import transforms
+    eval_tf = transforms.build_transforms(recipe, False, model.pretrained_cfg.mean, model.pretrained_cfg.std)
+    return _recipe_dataset(recipe["data"], recipe["data"]["val_split"], skip_bad), eval_tf
+
+
+def _recipe_dataset(data: Dict[str, Any], split: str, skip_bad: bool):
+    """The recipe's dataset split from its folder under the data root; a missing folder says where it looked."""
+    from . import datasets
+    root = dataset_path(data["root"])
+    try:
+        return datasets.build_dataset(data["dataset"], root, split, skip_bad=skip_bad)
+    except datasets.DatasetLayoutError as err:
+        if root.exists():
+            raise
+        raise datasets.DatasetLayoutError(
+            f"{err}\nthe recipe's data.root {data['root']!r} resolves to {root} (data root: "
+            f"${DATA_ENV}={os.environ.get(DATA_ENV, '<unset>')}, else ./data); put the dataset there, set "
+            f"{DATA_ENV} to the folder that holds it, or --set data.root=/path/to/it") from None
 
 
 def build_criterion(recipe: Dict[str, Any], num_classes: int):
@@ -526,6 +540,9 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
     # bf16 autocast on GPU only: on CPU it cost 2.3 val mIoU in a 460-iteration camvid run and was not faster
     # (benchmarks/reports/mask-loss-points-2026-12-02)
     amp = bool(train_cfg.get("amp")) and ctx.device.type == "cuda"
+    if train_cfg.get("execution") and ctx.is_main:
+        log.info("training forwards run with execution options %s (evaluation with the model's defaults)",
+                 train_cfg["execution"])
     writer, log_file, log_writer = None, None, None
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -576,7 +593,8 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, iteration, out_dir / "last.pth")
                 batch = next(data_iter)
                 net.train()
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp), \
+                        using(model, **train_cfg.get("execution", {})):
                     losses = compute_loss(net, criterion, batch, ctx.device)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):

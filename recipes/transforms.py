@@ -10,7 +10,7 @@ and lists pass through, except that ``FilterEmptySegments`` drops segments
 whose mask a crop removed. Randomness comes from torch's global RNG (seeded per
 DataLoader worker by PyTorch).
 
-Official pipelines (mmsegmentation, as the released Spike2Former configs use them):
+The pipelines (mmsegmentation's, as the released Spike2Former configs use them):
 
 * train: ``RandomResize`` (short side drawn from ``scales``, long side capped at
   ``max_long_side``) -> ``RandomCrop`` (``cat_max_ratio`` 0.75, 10 tries) ->
@@ -23,8 +23,8 @@ Official pipelines (mmsegmentation, as the released Spike2Former configs use the
   prediction back to ``sample["label"].shape``). ``resize_targets=True``
   resizes them too.
 
-``PIPELINES[name]`` holds the per-dataset arguments; ``build_transforms(name,
-train, mean, std)`` builds them.
+Each recipe's ``data`` section holds the arguments (the one source: ``recipes/DATASETS.md``
+lists them, and a test checks the list); ``build_transforms(recipe, train, mean, std)`` builds them.
 """
 from __future__ import annotations
 
@@ -35,11 +35,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from zoo.preprocess import keep_ratio_size
+
 __all__ = [
     "IGNORE_INDEX", "RandomResize", "ResizeKeepRatio", "RandomCrop", "RandomHorizontalFlip",
     "PhotoMetricDistortion", "Normalize", "Pad", "FilterEmptySegments", "short_side_size",
     "keep_ratio_size", "rgb_to_hsv", "hsv_to_rgb", "train_transforms", "eval_transforms",
-    "PIPELINES", "build_transforms",
+    "build_transforms", "describe",
 ]
 
 IGNORE_INDEX = 255
@@ -77,13 +79,6 @@ def short_side_size(h: int, w: int, short: float, max_long: Optional[float] = No
         s = max_long / max(new_h, new_w)
         new_h, new_w = new_h * s, new_w * s
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
-
-
-def keep_ratio_size(h: int, w: int, scale: Tuple[int, int]) -> Tuple[int, int]:
-    """mmcv ``rescale_size(keep_ratio=True)``: largest size with long <= max(scale), short <= min(scale)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
 
 
 def _resize_sample(sample: Sample, size: Tuple[int, int], targets: bool = True) -> Sample:
@@ -390,35 +385,36 @@ def eval_transforms(scale: Optional[Tuple[int, int]], mean: Sequence[float], std
     return v2.Compose([*resize, Normalize(mean, std)])
 
 
-def _scales(base: int) -> List[int]:
-    return [int(x * 0.1 * base) for x in range(5, 21)]
-
-
-# Official per-dataset arguments (the released configs). VOC: mmseg's RandomResize
-# (2048, 512) x U(0.5, 2.0) is the short side uniform in [256, 1024] for every VOC aspect ratio.
-# COCO panoptic has no official config; the paper's large-scale jitter (long side 0.1-2.0 x 1024,
-# crop 1024) is given, without cat_max_ratio.
-PIPELINES: Dict[str, Dict[str, Any]] = {
-    "ade20k": dict(crop_size=(512, 512), scales=_scales(640), max_long_side=2560, scale_mode="choice",
-                   cat_max_ratio=0.75, eval_scale=(2048, 512)),
-    "cityscapes": dict(crop_size=(512, 1024), scales=_scales(1024), max_long_side=4096, scale_mode="choice",
-                       cat_max_ratio=0.75, eval_scale=(2048, 1024)),
-    "voc2012": dict(crop_size=(512, 512), scales=(256, 1024), max_long_side=4096, scale_mode="range",
-                    cat_max_ratio=0.75, eval_scale=(2048, 512)),
-    "coco_panoptic": dict(crop_size=(1024, 1024), scales=(102, 2048), max_long_side=None,
-                          scale_mode="long_range", cat_max_ratio=1.0, eval_scale=(1333, 800)),
-    "camvid": dict(crop_size=(360, 480), scales=_scales(360), max_long_side=1920, scale_mode="choice",
-                   cat_max_ratio=0.75, eval_scale=(480, 360)),
-}
-
-
-def build_transforms(name: str, train: bool, mean: Sequence[float], std: Sequence[float], **overrides) -> v2.Compose:
-    """``PIPELINES[name]`` (with ``overrides``) -> ``train_transforms`` or ``eval_transforms``."""
-    if name not in PIPELINES:
-        raise KeyError(f"no pipeline for dataset {name!r}; known: {sorted(PIPELINES)}")
-    cfg = {**PIPELINES[name], **overrides}
-    eval_scale = cfg.pop("eval_scale")
+def build_transforms(recipe: Union[str, Dict[str, Any]], train: bool, mean: Sequence[float],
+                     std: Sequence[float]) -> v2.Compose:
+    """The training or evaluation pipeline of a recipe (a name from ``python -m recipes list``, or a recipe
+    dict): its ``data`` section is the one source of every augmentation setting."""
+    if isinstance(recipe, str):
+        from .config import load_recipe
+        recipe = load_recipe(recipe)
+    data = recipe["data"]
     if not train:
-        return eval_transforms(eval_scale, mean, std, cfg.get("resize_targets", False))
-    cfg.pop("resize_targets", None)
-    return train_transforms(mean=mean, std=std, **cfg)
+        return eval_transforms(data.get("eval_scale"), mean, std)
+    return train_transforms(data["crop_size"], data["scales"], data["max_long_side"], mean, std,
+                            cat_max_ratio=data.get("cat_max_ratio", 0.75), scale_mode=data.get("scale_mode", "choice"))
+
+
+def describe(name: str, train: v2.Compose, evaluation: v2.Compose) -> str:
+    """Built training and evaluation pipelines as one row of the augmentation table in
+    ``recipes/DATASETS.md``, read from the transform objects themselves (a test checks the table)."""
+    steps = {type(step): step for step in (*train.transforms, *evaluation.transforms)}
+    resize, crop = steps[RandomResize], steps[RandomCrop]
+    scales = resize.scales
+    if resize.mode == "choice":
+        listed = ", ".join(map(str, scales)) if len(scales) <= 5 else f"{scales[0]}, {scales[1]}, ..., {scales[-1]}"
+        text = f"short side from {{{listed}}}"
+    else:
+        text = f"{'short' if resize.mode == 'range' else 'long'} side uniform in [{scales[0]}, {scales[1]}]"
+    if resize.max_long_side:
+        text += f", long side <= {resize.max_long_side}"
+    cat = f"{crop.cat_max_ratio:g}" if crop.cat_max_ratio < 1 else "off"
+    extras = [f"flip {steps[RandomHorizontalFlip].p:g}"] if RandomHorizontalFlip in steps else []
+    extras += ["photometric distortion"] if PhotoMetricDistortion in steps else []
+    evaluated = f"keep-ratio {steps[ResizeKeepRatio].scale}" if ResizeKeepRatio in steps else "native size"
+    return (f"| `{name}` | {text} | {crop.size[0]}x{crop.size[1]} | {cat} | {', '.join(extras) or 'none'} | "
+            f"{evaluated} |")

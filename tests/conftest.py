@@ -1,25 +1,33 @@
-"""Shared test helpers: ../shared beside the checkout (the CamVid data and the official key lists),
-tiny widths of the registered segmentors, and weights that make tiny random models fire."""
+"""Shared test helpers: the official state_dict key lists (tests/data), the real CamVid data when a
+data root holds it, tiny widths of the registered segmentors, and weights that make tiny random models fire."""
+import gzip
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-OFFICIAL_KEYS = SHARED / "reference" / "official_keys"
-CAMVID = SHARED / "data" / "camvid"
+# one gzipped ``key<TAB>shape`` line per tensor of each official model's state_dict
+OFFICIAL_KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
+
+
+def _camvid_root() -> Path:
+    from recipes.config import data_root
+    return (data_root() / "camvid").resolve()
+
+
+# real CamVid (SegNet layout) under the data root ($SPIKEZOO_DATA, else ./data): its tests skip without it
+CAMVID = _camvid_root()
 
 
 def official_shapes(tsv, prefix="", exclude=()):
-    """``key -> shape`` of an official state_dict dump (one ``key<TAB>shape`` per line), for the
-    keys under ``prefix`` (stripped) and not under any ``exclude`` prefix; skips if the dump is absent."""
+    """``key -> shape`` of an official state_dict dump ``tests/data/official_keys/<name>.tsv.gz``, for
+    the keys under ``prefix`` (stripped) and not under any ``exclude`` prefix."""
     tsv = Path(tsv)
-    if not tsv.exists():
-        pytest.skip(f"{tsv} not present")
     shapes = {}
-    for line in tsv.read_text().splitlines():
-        key, shape = line.split("\t")
-        if key.startswith(prefix) and not key.startswith(tuple(exclude)):
-            shapes[key[len(prefix):]] = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
+    with gzip.open(tsv.with_name(tsv.name + ".gz"), "rt") as lines:
+        for line in lines.read().splitlines():
+            key, shape = line.split("\t")
+            if key.startswith(prefix) and not key.startswith(tuple(exclude)):
+                shapes[key[len(prefix):]] = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
     return shapes
 
 

@@ -161,7 +161,8 @@ def test_distributed_eval_equals_single_process(camvid_fixture, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CAMVID / "train.txt").exists(), reason="../shared/data/camvid is not present")
+@pytest.mark.skipif(not (CAMVID / "train.txt").exists(),
+                    reason="real CamVid is not under the data root ($SPIKEZOO_DATA/camvid)")
 def test_camvid_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "run"
     _cli(["-m", "recipes", "train", "camvid", "--out", str(out), "--no-progress", "--device", "cpu",

@@ -161,6 +161,12 @@ def test_resume_refuses_changed_training_state_and_allows_a_longer_run(camvid_fi
         with pytest.raises(cfg_lib.RecipeError, match=key):
             engine.train(changed, tmp_path / "run", resume="auto", progress=False)
         assert (tmp_path / "run" / "config.json").read_text() == config_before
+    with pytest.raises(cfg_lib.RecipeError, match="train.execution.precision"):
+        engine.train(cfg_lib.apply_overrides(recipe, ["train.iters=3", "train.execution.precision=bf16"]),
+                     tmp_path / "run", resume="auto", progress=False)
+    # compiling the network computes the same training step: a resume may switch it
+    assert "train.execution.compile" in cfg_lib.resume_changes(
+        recipe, cfg_lib.apply_overrides(recipe, ["train.execution.compile=True"]))[0]
     longer = cfg_lib.apply_overrides(recipe, ["train.iters=3", "train.log_interval=3"])
     engine.train(longer, tmp_path / "run", resume="auto", progress=False)
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["iteration"] == 3
@@ -176,11 +182,34 @@ def test_resume_refuses_changed_training_state_and_allows_a_longer_run(camvid_fi
     ("optim.betas=(0.9, 1.5)", r"optim.betas"),
     ("train.amp=1", r"train.amp: expected True or False"),
     ("loss.type=focal", r"loss.type: expected a string among"),
+    ("train.execution.precision=fp8", r"train.execution: precision must be one of"),
+    ("train.execution.fast=True", r"train.execution: unknown execution option"),
 ])
 def test_recipe_values_are_checked_before_anything_is_built(override, message):
     recipe = cfg_lib.apply_overrides(cfg_lib.load_recipe("camvid"), [override])
     with pytest.raises(cfg_lib.RecipeError, match=message):
         cfg_lib.validate_recipe(recipe)
+
+
+def test_recipes_find_their_datasets_under_one_data_root(monkeypatch, tmp_path):
+    monkeypatch.delenv(cfg_lib.DATA_ENV, raising=False)
+    assert cfg_lib.dataset_path("camvid") == Path("data") / "camvid"
+    monkeypatch.setenv(cfg_lib.DATA_ENV, str(tmp_path))
+    assert cfg_lib.dataset_path("VOCdevkit/VOC2012") == tmp_path / "VOCdevkit" / "VOC2012"
+    for given in (str(tmp_path / "elsewhere"), "./camvid", "../camvid"):  # paths of their own stay as given
+        assert cfg_lib.dataset_path(given) == Path(given)
+    for name in cfg_lib.list_recipes():  # every shipped recipe names a folder under the data root
+        root = cfg_lib.load_recipe(name)["data"]["root"]
+        assert cfg_lib.dataset_path(root) == tmp_path / root, name
+
+
+def test_a_missing_dataset_names_the_folder_and_the_data_root(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(cfg_lib.DATA_ENV, str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "camvid", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "camvid") in err and cfg_lib.DATA_ENV in err, err
 
 
 def test_validation_canonicalises_values():

@@ -28,9 +28,10 @@ def test_sizes_follow_mmseg_rules():
     assert T.keep_ratio_size(360, 480, (2048, 512)) == (512, 683)            # 512/360 binds
     assert T.keep_ratio_size(600, 300, (2048, 512)) == (1024, 512)
     assert T.keep_ratio_size(100, 2000, (2048, 512)) == (102, 2048)          # long side binds
-    assert T.PIPELINES["ade20k"]["scales"] == list(range(320, 1281, 64))
-    assert T.PIPELINES["cityscapes"]["scales"][:3] == [512, 614, 716]
-    assert T.PIPELINES["cityscapes"]["scales"][-1] == 2048
+    from recipes.config import load_recipe
+    assert list(load_recipe("ade20k")["data"]["scales"]) == list(range(320, 1281, 64))
+    assert list(load_recipe("cityscapes")["data"]["scales"][:3]) == [512, 614, 716]
+    assert load_recipe("cityscapes")["data"]["scales"][-1] == 2048
 
 
 def test_nearest_label_resize_keeps_values_and_255():

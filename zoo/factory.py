@@ -65,7 +65,7 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
             raise FileNotFoundError(f"{name} is a folder without {hub.CONFIG_NAME}, so it names no model: pass a "
                                     "folder written by save_pretrained, or a model name with checkpoint_path=")
     if saved is not None:
-        checkpoint_path = name
+        checkpoint_path = name if checkpoint_path is None else checkpoint_path  # the folder's weights by default
         name = f"{saved['architecture']}.{saved['tag']}" if saved.get("tag") else saved["architecture"]
     else:
         saved = _saved_config(checkpoint_path)

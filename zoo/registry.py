@@ -50,6 +50,7 @@ class PretrainedCfg:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     crop_size: Tuple[int, int] = (512, 512)
+    eval_scale: Optional[Tuple[int, int]] = None
     T: int = 1
     D: int = 4
     neuron: str = "nilif"
@@ -74,6 +75,12 @@ class PretrainedCfg:
     def replace(self, **changes) -> "PretrainedCfg":
         return dataclasses.replace(self, **changes)
 
+    def transforms(self):
+        """The preprocessing of this model's inputs (:class:`zoo.preprocess.Preprocess`): the evaluation
+        resize ``eval_scale`` (keep-ratio ``(long, short)``; None keeps the image's size), then mean/std."""
+        from .preprocess import Preprocess
+        return Preprocess(self.mean, self.std, self.eval_scale)
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -91,9 +98,11 @@ def segmentation_cfg(dataset: str, classes, palette, T: int, D: int, params: Opt
     does not have). ``macs``: GMACs of one inference per time step at the crop size
     (``zoo.complexity`` convention).
     """
+    from .datasets_meta import DATASETS
     args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
+    eval_scale = DATASETS[dataset].eval_scale if dataset in DATASETS else None
     return PretrainedCfg(dataset=dataset, task=task, num_classes=len(classes), class_names=tuple(classes),
-                         palette=tuple(palette), crop_size=crop, T=T, D=D, model_args=args,
+                         palette=tuple(palette), crop_size=crop, eval_scale=eval_scale, T=T, D=D, model_args=args,
                          paper={"source": source, **paper} if paper else {}, params=params, macs=macs,
                          recipe=recipe or dataset, notes=notes)
 

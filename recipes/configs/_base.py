@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict
 
+from zoo.datasets_meta import get_dataset_meta
+
 # The official Spike2Former configs' schedule and optimiser.
 OPTIM = dict(lr=1e-3, weight_decay=5e-3, betas=(0.9, 0.999), backbone_lr_mult=0.1, grad_clip=0.01,
              warmup_iters=1500, poly_power=1.0, poly_iters=None,
@@ -18,17 +20,24 @@ ADE_SCALES = tuple(int(x * 0.1 * 640) for x in range(5, 21))
 
 
 def recipe(model: str, dataset: str, root: str, train_split: str, val_split: str, *, crop_size, scales,
-           max_long_side, eval_scale, batch_size: int, iters: int, eval_interval: int,
-           checkpoint_interval: int, loss=MASK_LOSS, optim_overrides=None, model_kwargs=None,
-           num_workers: int = 4, log_interval: int = 50, amp: bool = True) -> Dict[str, Any]:
+           max_long_side, batch_size: int, iters: int, eval_interval: int, checkpoint_interval: int,
+           scale_mode: str = "choice", cat_max_ratio: float = 0.75, loss=MASK_LOSS, optim_overrides=None,
+           model_kwargs=None, num_workers: int = 4, log_interval: int = 50, amp: bool = True,
+           execution=None) -> Dict[str, Any]:
+    """One recipe. ``scales`` with ``scale_mode``: 'choice' draws the short side from the list, 'range'
+    uniformly between its two values, 'long_range' draws the long side (large-scale jitter). The evaluation
+    resize is the dataset's (``zoo.datasets_meta``), so that the model's ``pretrained_cfg.transforms()``
+    preprocesses images as the recipe evaluates them."""
+    eval_scale = get_dataset_meta(dataset).eval_scale
     return dict(
         model=dict(name=model, kwargs=dict(model_kwargs or {}), init_checkpoint=None),
         data=dict(dataset=dataset, root=root, train_split=train_split, val_split=val_split,
-                  crop_size=tuple(crop_size), scales=tuple(scales), max_long_side=max_long_side,
-                  cat_max_ratio=0.75, eval_scale=tuple(eval_scale) if eval_scale else None,
+                  crop_size=tuple(crop_size), scales=tuple(scales), scale_mode=scale_mode,
+                  max_long_side=max_long_side, cat_max_ratio=cat_max_ratio,
+                  eval_scale=tuple(eval_scale) if eval_scale else None,
                   batch_size=batch_size, num_workers=num_workers, val_limit=None),
         loss=copy.deepcopy(loss),
         optim={**OPTIM, **(optim_overrides or {})},
         train=dict(iters=iters, eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
-                   log_interval=log_interval, seed=0, amp=amp),
+                   log_interval=log_interval, seed=0, amp=amp, execution=dict(execution or {})),
     )

@@ -25,10 +25,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from ..hub import UnknownKeysError, mismatch_error
-from ..layers.common import NeuronFactory, multistep, neuron_factory
+from ..layers.common import NeuronFactory, multistep, neuron_factory, reset_neurons
 from ..registry import PretrainedCfg, register_model
 
 __all__ = [
@@ -275,7 +274,7 @@ class MetaSpikeFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         if x.dim() != 5:
             raise ValueError(f"expected [T, B, C, H, W], got shape {tuple(x.shape)}")
-        functional.reset_net(self)
+        reset_neurons(self)
         x1 = self.stage1a(self.stem(x))
         x2 = self.stage1b(self.down1b(x1))
         x3 = self.stage2(self.down2(x2))

@@ -15,10 +15,19 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from spikingjelly.activation_based import base
 
 import neurons
 
-__all__ = ["NeuronFactory", "neuron_factory", "model_neuron", "multistep"]
+__all__ = ["NeuronFactory", "neuron_factory", "model_neuron", "multistep", "reset_neurons"]
+
+
+def reset_neurons(module: nn.Module) -> None:
+    """Reset every stateful module under ``module``: SpikingJelly's ``functional.reset_net`` without
+    its per-network module cache, which ``torch.compile`` would guard on (and recompile for)."""
+    for child in module.modules():
+        if isinstance(child, base.MemoryModule):
+            child.reset()
 
 NeuronFactory = Callable[[], nn.Module]
 
