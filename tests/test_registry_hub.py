@@ -268,3 +268,37 @@ def test_save_pretrained_on_a_real_full_filesystem(tiny_registry, tmp_path):
         assert list((mount / "saved").iterdir()) == []
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_shipped_weights_load_offline_with_their_metadata(monkeypatch, tmp_path):
+    """Weights inside the package: pretrained=True reads them without touching the Hub, and their JSON
+    fills the config that users read."""
+    from safetensors.torch import save_file
+
+    import huggingface_hub
+    torch.manual_seed(3)
+    trained = Tiny(num_classes=3)
+    save_file(trained.state_dict(), str(tmp_path / "tiny_ship.a.safetensors"))
+    (tmp_path / "tiny_ship.a.json").write_text(json.dumps({
+        "shipped_file": "tiny_ship.a.safetensors", "metrics": {"val": {"mIoU": 12.5}},
+        "training": {"recipe": "tiny", "command": "python -m recipes train tiny", "iterations": 10}}))
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "SHIPPED_WEIGHTS", tmp_path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: pytest.fail("shipped weights must not touch the Hub"))
+
+    @registry.register_model(cfgs={"a": zoo.PretrainedCfg(num_classes=3, model_args={"num_classes": 3}),
+                                   "b": zoo.PretrainedCfg(num_classes=3, model_args={"num_classes": 3})})
+    def tiny_ship(**kwargs):
+        return Tiny(**kwargs)
+
+    cfg = zoo.get_pretrained_cfg("tiny_ship.a")
+    assert cfg.has_weights and cfg.metrics == {"val": {"mIoU": 12.5}} and cfg.training["iterations"] == 10
+    assert zoo.list_pretrained() == ["tiny_ship.a"]                   # tag b ships nothing
+    model = zoo.create("tiny_ship.a", pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    (tmp_path / "tiny_ship.a.safetensors").unlink()                   # an install that lost its data files
+    with pytest.raises(zoo.hub.WeightsUnavailableError, match="should ship with the package"):
+        zoo.create("tiny_ship.a", pretrained=True)
+    with pytest.raises(zoo.hub.WeightsUnavailableError, match="no weights are published"):
+        zoo.create("tiny_ship.b", pretrained=True)

@@ -112,7 +112,8 @@ def _hub_reachable(endpoint: str, timeout: float = HUB_CONNECT_TIMEOUT_S) -> boo
 
 def download_weights(cfg, cache_dir: Optional[PathLike] = None,
                      local_files_only: Optional[bool] = None) -> Path:
-    """Fetch ``cfg.filename`` from the Hub repo ``cfg.hub_id`` (or find it in the cache).
+    """The weights of ``cfg``: the file that ships inside the package (``cfg.shipped_file``, no network),
+    else ``cfg.filename`` from the Hub repo ``cfg.hub_id`` (or from the cache).
 
     ``local_files_only`` defaults to the HF_HUB_OFFLINE setting, which
     huggingface_hub honours on its own as well. When the Hub endpoint
@@ -120,6 +121,13 @@ def download_weights(cfg, cache_dir: Optional[PathLike] = None,
     only the cache is searched, so that an offline machine fails (or finds its
     cached copy) at once instead of after huggingface_hub's retries.
     """
+    shipped = cfg.shipped_path
+    if shipped is not None:
+        if not shipped.is_file():
+            raise WeightsUnavailableError(
+                f"{cfg.name}'s weights should ship with the package as {shipped}, which is missing: reinstall "
+                "spikezoo (pip install -e . from a full checkout), or pass checkpoint_path=")
+        return shipped
     if not cfg.hub_id:
         raise WeightsUnavailableError(
             f"no weights are published for {cfg.name}. Train it with `python -m recipes train ...` "

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
@@ -35,6 +37,11 @@ class PretrainedCfg:
     implementation builds (a test rebuilds every model and checks them);
     ``metrics``, ``firing_rate`` and ``energy_mj`` are our own measurements of
     the published weights, empty until measured.
+
+    Weights that ship inside the package (``shipped_file``, a file in ``zoo/weights/``) come with a
+    ``zoo/weights/<arch>.<tag>.json`` that fills ``metrics``, ``firing_rate``, ``energy_mj`` and
+    ``training`` (recipe and exact command, iterations, wall time, machine, date) when the model is
+    registered; ``pretrained=True`` then loads them offline.
     """
 
     architecture: str = ""
@@ -63,6 +70,8 @@ class PretrainedCfg:
     energy_mj: Optional[float] = None
     recipe: Optional[str] = None
     notes: str = ""
+    shipped_file: Optional[str] = None
+    training: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -70,7 +79,12 @@ class PretrainedCfg:
 
     @property
     def has_weights(self) -> bool:
-        return self.hub_id is not None
+        return self.hub_id is not None or self.shipped_file is not None
+
+    @property
+    def shipped_path(self) -> Optional[Path]:
+        """Where the weights that ship with the package lie (None when none ship)."""
+        return SHIPPED_WEIGHTS / self.shipped_file if self.shipped_file else None
 
     def replace(self, **changes) -> "PretrainedCfg":
         return dataclasses.replace(self, **changes)
@@ -86,6 +100,23 @@ class PretrainedCfg:
 
 
 CheckpointFilter = Callable[[Dict[str, Any], nn.Module], Dict[str, Any]]
+
+# weights inside the package, each with its metadata: <arch>.<tag>.safetensors + <arch>.<tag>.json
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# the metadata keys a shipped weight's JSON may set on its config
+_SHIPPED_KEYS = ("shipped_file", "metrics", "firing_rate", "energy_mj", "training")
+
+
+def _with_shipped_weights(cfg: PretrainedCfg) -> PretrainedCfg:
+    """``cfg`` with the metadata of its shipped weights, when ``zoo/weights/<name>.json`` exists."""
+    meta_file = SHIPPED_WEIGHTS / f"{cfg.name}.json"
+    if not meta_file.is_file():
+        return cfg
+    meta = json.loads(meta_file.read_text())
+    unknown = sorted(set(meta) - set(_SHIPPED_KEYS) - {"reference"})
+    if unknown:
+        raise ValueError(f"{meta_file}: unknown keys {unknown}; allowed: {list(_SHIPPED_KEYS)} and 'reference'")
+    return cfg.replace(**{k: meta[k] for k in _SHIPPED_KEYS if k in meta})
 
 
 def segmentation_cfg(dataset: str, classes, palette, T: int, D: int, params: Optional[int],
@@ -131,7 +162,7 @@ def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, Pr
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        tagged = {tag: cfg.replace(architecture=name, tag=tag)
+        tagged = {tag: _with_shipped_weights(cfg.replace(architecture=name, tag=tag))
                   for tag, cfg in (cfgs or {"": PretrainedCfg()}).items()}
         default = default_tag if default_tag is not None else next(iter(tagged))
         if default not in tagged:
