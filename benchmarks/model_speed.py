@@ -15,9 +15,11 @@ One image [1, 3, size, size], eval mode, random weights (same seed everywhere),
 - the optimised row drops the neurons' final membrane states (the models' default,
   ``keep_neuron_states = False``: every forward resets the neurons, so at T = 1 the
   state is never read; the earlier rows keep it, as the released code does).
-- the final row adds ``precision='bf16'`` (``zoo.ExecutionOptions``): convolutions, linear
+- the next row adds ``precision='bf16'`` (``zoo.ExecutionOptions``): convolutions, linear
   layers and matrix products on bf16 operands under autocast, fp32 membranes and outputs.
-  ``--last 2`` measures only the optimised fp32 row and this one.
+- the last two rows run the optimised network through ``torch.compile`` (``compile=True``), in
+  fp32 and in bf16; their first warm-up forward compiles (minutes), and they have no stage split
+  (hooks would break the compiled graph). ``--last 4`` measures the optimised fp32 row and these.
 
 The last column is the largest deviation of the outputs (Spike2Former: class and mask
 logits of the last prediction) from the naive setting's, relative to their largest
@@ -84,6 +86,7 @@ class Setting:
     mask: str = "auto"  # Spike2Former's mask_order
     keep_states: bool = True  # neurons keep their final membrane state (the released code's behaviour)
     precision: str = "fp32"  # ExecutionOptions.precision
+    compile: bool = False  # ExecutionOptions.compile (the first warm-up forward compiles)
 
 
 @dataclass
@@ -101,14 +104,18 @@ def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
         return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"),
                 Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
-                Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16")]
+                Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16"),
+                Setting("optimised, compiled (compile=True)", True, False, "auto", keep_states=False, compile=True),
+                Setting("+ bf16, compiled", True, False, "auto", keep_states=False, precision="bf16", compile=True)]
     return [Setting("naive", False, True, "qk_first", "features_first"),
             Setting("+ Q(K^T V)", False, True, "auto", "features_first"),
             Setting("+ last prediction only", False, False, "auto", "features_first"),
             Setting("+ (e W) x mask product", False, False, "auto"),
             Setting("+ BN folded", True, False, "auto"),
             Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
-            Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16")]
+            Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16"),
+            Setting("optimised, compiled (compile=True)", True, False, "auto", keep_states=False, compile=True),
+            Setting("+ bf16, compiled", True, False, "auto", keep_states=False, precision="bf16", compile=True)]
 
 
 def _status_bytes(field: str) -> int:
@@ -137,7 +144,7 @@ def build(model_name: str, setting: Setting) -> nn.Module:
     model = zoo.create(model_name).eval()
     if setting.folded:
         fold_batchnorm(model)
-    model.set_execution(keep_neuron_states=setting.keep_states, precision=setting.precision)
+    model.set_execution(keep_neuron_states=setting.keep_states, precision=setting.precision, compile=setting.compile)
     return model
 
 
@@ -147,7 +154,7 @@ def measure(model: nn.Module, setting: Setting, image: torch.Tensor, repeats: in
     groups = {" + ".join(parts): parts for parts in STAGES[family]}
     spent = dict.fromkeys(groups, 0.0)
     starts: Dict[str, float] = {}
-    for label, parts in groups.items():
+    for label, parts in groups.items() if not setting.compile else ():  # hooks would break the compiled graph
         for part in parts:
             module = getattr(model, part)
             module.register_forward_pre_hook(lambda m, args, part=part: starts.__setitem__(part, time.perf_counter()))
