@@ -100,22 +100,24 @@ class Measurement:
     deviation: float = 0.0  # of the last prediction's masks from the naive setting's, relative
 
 
+# the optimised path and what is added to it, the last rows of both families
+_OPTIMISED_ROWS = [
+    Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
+    Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16"),
+    Setting("optimised, compiled (compile=True)", True, False, "auto", keep_states=False, compile=True),
+    Setting("+ bf16, compiled", True, False, "auto", keep_states=False, precision="bf16", compile=True),
+]
+
+
 def settings_for(is_spike2former: bool) -> List[Setting]:
     if not is_spike2former:
-        return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"),
-                Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
-                Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16"),
-                Setting("optimised, compiled (compile=True)", True, False, "auto", keep_states=False, compile=True),
-                Setting("+ bf16, compiled", True, False, "auto", keep_states=False, precision="bf16", compile=True)]
+        return [Setting("naive", False, False, "auto"), Setting("+ BN folded", True, False, "auto"), *_OPTIMISED_ROWS]
     return [Setting("naive", False, True, "qk_first", "features_first"),
             Setting("+ Q(K^T V)", False, True, "auto", "features_first"),
             Setting("+ last prediction only", False, False, "auto", "features_first"),
             Setting("+ (e W) x mask product", False, False, "auto"),
             Setting("+ BN folded", True, False, "auto"),
-            Setting("optimised (+ states dropped)", True, False, "auto", keep_states=False),
-            Setting("+ bf16 (precision='bf16')", True, False, "auto", keep_states=False, precision="bf16"),
-            Setting("optimised, compiled (compile=True)", True, False, "auto", keep_states=False, compile=True),
-            Setting("+ bf16, compiled", True, False, "auto", keep_states=False, precision="bf16", compile=True)]
+            *_OPTIMISED_ROWS]
 
 
 def _status_bytes(field: str) -> int:

@@ -102,23 +102,17 @@ def _overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.n
     return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
 
 
-def _at_size(ids: torch.Tensor, size) -> torch.Tensor:
-    """An id map [h, w] brought to ``size`` by nearest neighbour (ids are not averaged)."""
-    if tuple(ids.shape) == tuple(size):
-        return ids
-    resized = torch.nn.functional.interpolate(ids[None, None].double(), size=tuple(size), mode="nearest")
-    return resized[0, 0].to(ids.dtype)
-
-
 def cmd_predict(args) -> int:
     from PIL import Image
     import zoo
     from zoo.images import ImageReadError, read_rgb
+    from .engine import to_label_size
     try:
         model = zoo.create(args.model, checkpoint_path=args.weights).eval()
-    except (KeyError, ValueError) as err:  # an unknown model; weights that are not a state_dict
-        raise UsageError(f"--weights {args.weights}: {cfg_lib.error_message(err)}" if args.weights and
-                         not isinstance(err, KeyError) else cfg_lib.error_message(err)) from err
+    except KeyError as err:  # an unknown model
+        raise UsageError(cfg_lib.error_message(err)) from err
+    except ValueError as err:  # weights that are not a state_dict
+        raise UsageError(f"--weights {args.weights}: {cfg_lib.error_message(err)}") from err
     cfg = model.pretrained_cfg
     palette = np.array(cfg.palette or [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(256)],
                        dtype=np.uint8)
@@ -135,7 +129,7 @@ def cmd_predict(args) -> int:
         prediction = model.predict(model.preprocess(rgb))  # at the config's evaluation size ...
         if cfg.task == "panoptic":
             segment_ids, segments = prediction[0]
-            ids = _at_size(segment_ids, rgb.shape[:2]).numpy()  # ... and back at the image's, as evaluated
+            ids = to_label_size(segment_ids, rgb.shape[:2]).numpy()  # ... and back at the image's, as evaluated
             categories = np.zeros(len(segments) + 1, dtype=np.int64)
             for seg in segments:
                 categories[seg["id"]] = seg["category_id"]
@@ -143,7 +137,7 @@ def cmd_predict(args) -> int:
             Image.fromarray(ids.astype(np.uint16)).save(out / f"{path.stem}_segments.png")
             (out / f"{path.stem}_segments.json").write_text(json.dumps(segments, indent=2))
         else:
-            labels = _at_size(prediction[0], rgb.shape[:2]).numpy()
+            labels = to_label_size(prediction[0], rgb.shape[:2]).numpy()
             colours = palette[labels % len(palette)]
             dtype = np.uint8 if cfg.num_classes <= 256 else np.uint16
             Image.fromarray(labels.astype(dtype)).save(out / f"{path.stem}_labels.png")

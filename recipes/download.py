@@ -290,8 +290,9 @@ def _remove_partial_folders(parent: Path) -> List[Path]:
     return removed
 
 
-def _install(source: DatasetSource, files: Sequence[Path], data_root: Path, progress: bool) -> Path:
-    """Extract ``files`` (the source's archives, in order) into a temporary folder, then rename it into place."""
+def _install(source: DatasetSource, files: Sequence[Path], data_root: Path, progress: bool) -> List[str]:
+    """Extract ``files`` (the source's archives, in order) into a temporary folder, rename it into place,
+    run the source's follow-up step and check the layout; returns the check's lines."""
     destination = data_root / source.folder
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_partial_folders(destination.parent)
@@ -313,7 +314,9 @@ def _install(source: DatasetSource, files: Sequence[Path], data_root: Path, prog
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return destination
+    if source.after is not None:
+        source.after(destination, data_root)
+    return _checked(source.name, data_root)
 
 
 # ------------------------------------------------------------------ the commands
@@ -355,10 +358,7 @@ def download(name: str, data_root: Path, progress: bool = True) -> List[str]:
     if destination.is_dir():
         return [f"{name} is already at {destination}", *_checked(name, data_root)]
     files = [fetch_archive(archive, data_root / ".downloads", progress) for archive in source.archives]
-    _install(source, files, data_root, progress)
-    if source.after is not None:
-        source.after(destination, data_root)
-    return _checked(name, data_root)
+    return _install(source, files, data_root, progress)
 
 
 def prepare_manual(name: str, data_root: Path, downloaded: Path, progress: bool = True) -> List[str]:
@@ -373,10 +373,7 @@ def prepare_manual(name: str, data_root: Path, downloaded: Path, progress: bool 
     if destination.is_dir():
         raise DownloadError(f"{destination} already exists; check it with python -m recipes data check {name}, "
                             "or remove it to prepare it again")
-    _install(source, [downloaded / a.filename for a in source.archives], data_root, progress)
-    if source.after is not None:
-        source.after(destination, data_root)
-    return _checked(name, data_root)
+    return _install(source, [downloaded / a.filename for a in source.archives], data_root, progress)
 
 
 def describe(names: Iterable[str] = ()) -> List[str]:

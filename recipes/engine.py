@@ -46,7 +46,7 @@ from .datasets import collate_samples
 
 __all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
            "build_scheduler", "save_checkpoint", "load_checkpoint", "CheckpointError", "TrainingInterrupted",
-           "RunFolderError", "build_model", "build_train_data", "build_val_data"]
+           "RunFolderError", "build_model", "build_train_data", "build_val_data", "to_label_size"]
 
 log = logging.getLogger("recipes")
 
@@ -267,14 +267,11 @@ def build_model(recipe: Dict[str, Any], weights: Optional[str] = None) -> nn.Mod
     checkpoint = weights or model_cfg.get("init_checkpoint")
     try:
         return zoo.create(model_cfg["name"], checkpoint_path=checkpoint, **model_cfg.get("kwargs", {}))
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ValueError) and checkpoint is not None:  # not a readable state_dict
+            raise RecipeError(f"{checkpoint}: {error_message(err)}") from err
         raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
                           f"{error_message(err)}") from err
-    except ValueError as err:
-        if checkpoint is None:
-            raise RecipeError(f"cannot build {model_cfg['name']} with model.kwargs={model_cfg.get('kwargs', {})}: "
-                              f"{error_message(err)}") from err
-        raise RecipeError(f"{checkpoint}: {error_message(err)}") from err
 
 
 def build_train_data(recipe: Dict[str, Any], model: nn.Module, skip_bad: bool = False):
@@ -345,7 +342,7 @@ class EvaluationStopped(Exception):
     """``evaluate`` was asked to stop before it went through the validation set."""
 
 
-def _to_label_size(pred: torch.Tensor, size) -> torch.Tensor:
+def to_label_size(pred: torch.Tensor, size) -> torch.Tensor:
     """A predicted id map [..., h, w] brought to the label's (H, W) by nearest neighbour, as labels are."""
     if tuple(pred.shape[-2:]) == tuple(size):
         return pred
@@ -380,11 +377,11 @@ def evaluate(model: nn.Module, val_set: Dataset, eval_tf, ctx: DistributedContex
         if panoptic:
             segment_ids, segments = net.predict(images)[0]
             gt_ids = sample["segment_ids"]
-            metric.update(_to_label_size(segment_ids.cpu(), gt_ids.shape[-2:]), segments, gt_ids,
+            metric.update(to_label_size(segment_ids.cpu(), gt_ids.shape[-2:]), segments, gt_ids,
                           sample["segments_info"])
         else:
             label = sample["label"].unsqueeze(0)
-            metric.update(_to_label_size(net.predict(images), label.shape[-2:]).cpu(), label)
+            metric.update(to_label_size(net.predict(images), label.shape[-2:]).cpu(), label)
     metric.reduce()
     return metric.compute()
 

@@ -113,9 +113,9 @@ def _with_shipped_weights(cfg: PretrainedCfg) -> PretrainedCfg:
     if not meta_file.is_file():
         return cfg
     meta = json.loads(meta_file.read_text())
-    unknown = sorted(set(meta) - set(_SHIPPED_KEYS) - {"reference"})
+    unknown = sorted(set(meta) - set(_SHIPPED_KEYS))
     if unknown:
-        raise ValueError(f"{meta_file}: unknown keys {unknown}; allowed: {list(_SHIPPED_KEYS)} and 'reference'")
+        raise ValueError(f"{meta_file}: unknown keys {unknown}; allowed: {list(_SHIPPED_KEYS)}")
     return cfg.replace(**{k: meta[k] for k in _SHIPPED_KEYS if k in meta})
 
 
