@@ -6,6 +6,12 @@ over a few images, written to a folder as PNG, CSV, JSON and Markdown.
     python -m analysis degradation --models saved/s2f saved/fpn --data camvid --out out/degr_models
     python -m analysis masks       --model saved/s2f --data camvid --limit 101 --out out/masks
     python -m analysis energy      --model spikefpn_camvid --data photos/ --size 360x480 --out out/energy
+    python -m analysis demo        [--model spike2former_camvid] [--images a.jpg ...] [--out spikezoo-demo]
+
+demo (the quick start) segments the CamVid frames that ship with the package (zoo/samples) with the
+weights that ship with the package, offline: overlays beside the ground truth with a class legend
+(demo.png), each image's label map, firing rate and energy (demo.csv, summary.md). --images segments
+your own images instead; --weights uses a checkpoint instead of the shipped weights.
 
 Model
   --model      a registered name (zoo.list_models()) or a folder written by save_pretrained (with its weights)
@@ -68,6 +74,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 from torchvision import tv_tensors  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
@@ -79,10 +86,13 @@ from recipes.datasets import DatasetError, build_dataset  # noqa: E402
 from recipes.transforms import Normalize, build_transforms, short_side_size  # noqa: E402
 from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
 from zoo.images import ImageReadError, read_rgb  # noqa: E402
-from zoo.registry import is_model  # noqa: E402
+from zoo.registry import SHIPPED_WEIGHTS, is_model  # noqa: E402
 from zoo.spike2former import Spike2Former  # noqa: E402
 
 from .degradation import spike_degradation, without_me_shortcut
+from .demo import class_pixel_counts, segment_frame, write_demo
+from .export import ExportError, export_run
+from .export import __doc__ as export_doc
 from .energy import E_AC_PJ, E_MAC_PJ, estimate
 from .firing import FiringReport, measure_firing
 from .masks import query_mask_patterns, write_query_mask_patterns
@@ -259,11 +269,6 @@ def _device(args) -> torch.device:
 
 # ------------------------------------------------------------------------------------ outputs
 
-def _pooled_rate(report: FiringReport) -> float:
-    """Every neuron's counts pooled: the mean count per neuron per step over the whole model."""
-    return sum(r.count_sum for r in report.layers) / sum(r.elements for r in report.layers)
-
-
 def _mask_embedding_rate(report: FiringReport) -> Optional[float]:
     names = {row.name for row in report.layers}
     return report.layer(MASK_EMBEDDING_NEURON).mean_count if MASK_EMBEDDING_NEURON in names else None
@@ -344,7 +349,7 @@ def cmd_firing(args, out: Path) -> int:
     _plot_groups(report, f"Firing rate per module group: {cfg.name}, {len(images)} image(s)",
                  out / "firing_groups.png")
     summary = {**_describe_one(args, model, images), "layers": len(report.layers),
-               "mean_firing_rate": _pooled_rate(report), "mask_embedding_rate": _mask_embedding_rate(report),
+               "mean_firing_rate": report.pooled_rate, "mask_embedding_rate": _mask_embedding_rate(report),
                "groups": {g.group: {"firing_rate": g.mean_count, "nonzero_fraction": g.nonzero_fraction,
                                     "layers": g.layers, "neurons": g.neurons} for g in report.groups}}
     embedding = summary["mask_embedding_rate"]
@@ -387,7 +392,7 @@ def cmd_degradation(args, out: Path) -> int:
                [(label, neuron, depth, rate) for label, marked in plot.marked.items()
                 for neuron, (depth, rate) in marked.items()])
     summary = {**_describe(args, models, sources, images), "ablation_dropped_weights": dropped,
-               "per_model": {label: {"layers": len(r.layers), "mean_firing_rate": _pooled_rate(r),
+               "per_model": {label: {"layers": len(r.layers), "mean_firing_rate": r.pooled_rate,
                                      "marked": {n: rate for n, (_, rate) in plot.marked[label].items()}}
                              for label, r in reports.items()}}
     title = (f"Spike degradation of {cfg.name} with and without ME-Shortcut" if dropped is not None
@@ -487,6 +492,76 @@ def cmd_energy(args, out: Path) -> int:
     return _finish(out, "energy", summary, markdown)
 
 
+def _demo_model(args) -> nn.Module:
+    """``--weights`` if given, else the config's own trained weights (shipped, or on the Hub); never random."""
+    if args.weights is None and is_model(args.model) and not zoo.get_pretrained_cfg(args.model).has_weights:
+        with_weights = [name for name in zoo.list_pretrained() if zoo.get_pretrained_cfg(name).shipped_file]
+        raise UsageError(f"{args.model} has no trained weights (none ship with the package and its config names "
+                         f"no Hub repo): pass --weights CHECKPOINT, or a model whose weights ship: {with_weights}")
+    try:
+        model = zoo.create(args.model, pretrained=args.weights is None and is_model(args.model),
+                           checkpoint_path=args.weights)
+    except (KeyError, ValueError, OSError, CheckpointMismatchError, WeightsUnavailableError) as err:
+        raise UsageError(error_message(err)) from None
+    return model.to(_device(args)).eval()
+
+
+def cmd_demo(args, out: Path) -> int:
+    from zoo.datasets_meta import DATASETS
+    from zoo.samples import sample_frames
+    model = _demo_model(args)
+    cfg = model.pretrained_cfg
+    if cfg.task != "semantic":
+        raise UsageError(f"{cfg.name} is a {cfg.task} model; the demo segments semantically: use "
+                         "`python -m recipes predict` for its segments")
+    if args.images:
+        inputs = [(Path(p).stem, Path(p), None) for p in args.images]
+    else:
+        try:
+            inputs = [(f.name, f.image, f.label) for f in sample_frames(cfg.dataset)]
+        except FileNotFoundError as err:
+            raise UsageError(f"{err}; pass --images") from None
+    ignore = DATASETS[cfg.dataset].ignore_index if cfg.dataset in DATASETS else None
+    results = []
+    for name, image, truth in tqdm(inputs, desc="segmenting", disable=args.no_progress):
+        try:
+            result = segment_frame(model, image, name, truth, ignore)
+        except ImageReadError as err:
+            raise UsageError(str(err)) from None
+        Image.fromarray(result.labels.astype(np.uint8 if cfg.num_classes <= 256 else np.uint16)).save(
+            out / f"{name}_labels.png")
+        results.append(result)
+    weights = args.weights or (cfg.shipped_file and f"shipped ({cfg.shipped_file})") or cfg.hub_id
+    write_demo(results, cfg.class_names, cfg.palette, out / "demo.png", f"{cfg.name}, weights: {weights}")
+    rows = [(r.name, f"{r.labels.shape[0]}x{r.labels.shape[1]}", f"{r.firing_rate:.4f}", f"{r.energy_mj:.4g}",
+             "" if r.pixel_accuracy is None else f"{r.pixel_accuracy:.1f}") for r in results]
+    header = ["image", "size", "firing rate", "energy (mJ)", "pixel accuracy (%)"]
+    _write_csv(out / "demo.csv", header, rows)
+    summary = {"model": cfg.name, "weights": weights, "val_metrics": cfg.metrics.get("val"),
+               "images": [{"name": r.name, "firing_rate": r.firing_rate, "energy_mj": r.energy_mj,
+                           "pixel_accuracy": r.pixel_accuracy,
+                           "class_pixels": class_pixel_counts(r.labels, cfg.num_classes)} for r in results]}
+    val = cfg.metrics.get("val") or {}
+    headline = (f"{cfg.name} ({weights}; {val['mIoU']:.1f} val mIoU)" if "mIoU" in val else f"{cfg.name} ({weights})")
+    markdown = [f"# Demo: {headline}", "", *_table(header, rows), "",
+                "Firing rate: mean spike count per neuron per time step over the whole network; energy: one "
+                "inference (analysis.energy's convention). demo.png: image | prediction | ground truth."]
+    return _finish(out, "demo", summary, markdown)
+
+
+def cmd_export(args, out: Optional[Path]) -> int:
+    try:
+        weights, meta = export_run(args.run, args.to, args.checkpoint, args.images or None,
+                                   progress=not args.no_progress)
+    except (ExportError, KeyError, OSError, CheckpointMismatchError) as err:
+        raise UsageError(error_message(err)) from None
+    record = json.loads(meta.read_text())
+    val = record["metrics"]["val"]
+    print(f"wrote {weights} ({weights.stat().st_size / 2 ** 20:.2f} MB) and {meta}: val mIoU {val['mIoU']}, "
+          f"firing rate {record['firing_rate']}, {record['energy_mj']} mJ per image")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,15 +601,41 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--mask-size", type=int, default=200, help="side of the mean masks (default 200)")
     masks.add_argument("--columns", type=int, default=10, help="queries per row of the grid (default 10)")
     command("energy", cmd_energy, "MACs, ACs and energy per layer and per part")
+    demo = sub.add_parser("demo", help="segment the bundled sample frames with shipped weights (offline)",
+                          description="Segment images with a model's trained weights and report each one's "
+                                      f"firing rate and energy. See `{PROG} --help`.")
+    demo.add_argument("--model", default="spike2former_camvid",
+                      help="a registered name with trained weights, or a save_pretrained folder "
+                           "(default spike2former_camvid)")
+    demo.add_argument("--weights", help="a checkpoint instead of the model's shipped weights")
+    demo.add_argument("--images", nargs="+", metavar="IMAGE",
+                      help="images to segment (default: the frames that ship for the model's dataset)")
+    demo.add_argument("--out", default="spikezoo-demo", help="output folder (default spikezoo-demo)")
+    demo.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    runtime.add_threads_option(demo)
+    demo.set_defaults(func=cmd_demo)
+    export = sub.add_parser("export", help="a finished training run -> shipped weights and their record",
+                            description=export_doc)
+    export.add_argument("run", help="the run folder of `python -m recipes train --out RUN`")
+    export.add_argument("--to", default=str(SHIPPED_WEIGHTS), help=f"output folder (default {SHIPPED_WEIGHTS})")
+    export.add_argument("--checkpoint", default="last.pth", help="the run's checkpoint to export (default last.pth)")
+    export.add_argument("--images", type=_non_negative, default=0,
+                        help="validation images to measure firing and energy over (default 0: all)")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    export.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    runtime.add_threads_option(export)
+    export.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     print(runtime.configure(args.threads), file=sys.stderr)
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else None
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
         return args.func(args, out)
     except UsageError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)

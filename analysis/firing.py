@@ -147,6 +147,11 @@ class FiringReport:
         raise KeyError(f"no spiking neuron {name!r} was recorded")
 
     @property
+    def pooled_rate(self) -> float:
+        """Every neuron's counts pooled: the mean count per neuron per step over the whole model."""
+        return sum(r.count_sum for r in self.layers) / sum(r.elements for r in self.layers)
+
+    @property
     def groups(self) -> Tuple[GroupFiring, ...]:
         """Per-group pooled figures, groups in the order of their first layer."""
         members: Dict[str, List[LayerFiring]] = {}

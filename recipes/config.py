@@ -57,7 +57,8 @@ def load_recipe(name_or_path: str) -> Dict[str, Any]:
     return recipe
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a Python literal, else the bare string (a path, a name)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -81,7 +82,7 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
             node = node[key]
         if keys[-1] not in node and not (len(keys) > 1 and keys[-2] in _OPEN_SECTIONS):
             raise RecipeError(f"--set {dotted}: no such key; the section has {sorted(node)}")
-        node[keys[-1]] = _parse_value(text.strip())
+        node[keys[-1]] = parse_value(text.strip())
     return recipe
 
 

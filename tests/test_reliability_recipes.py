@@ -460,3 +460,11 @@ def test_readme_spike_driven_snippet_runs_as_written():
     code = section[section.index("```python") + len("```python"):]
     code = code[:code.index("```")]
     exec(compile(code, "README.md (spike-driven snippet)", "exec"), {})
+
+
+def test_readme_model_zoo_table_is_the_registry_s():
+    from zoo.registry import model_zoo_table
+    text = (REPO / "README.md").read_text()
+    begin = text.index("<!-- model-zoo:")
+    table = text[text.index("\n", begin) + 1:text.index("<!-- /model-zoo -->")].strip()
+    assert table == model_zoo_table(), "README's model-zoo table is stale: paste zoo.registry.model_zoo_table()"

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 __all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained",
-           "get_pretrained_cfg", "get_checkpoint_filter", "segmentation_cfg", "split_name", "get_builder", "is_model"]
+           "get_pretrained_cfg", "get_checkpoint_filter", "segmentation_cfg", "split_name", "get_builder", "is_model",
+           "model_zoo_table"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,8 +41,10 @@ class PretrainedCfg:
 
     Weights that ship inside the package (``shipped_file``, a file in ``zoo/weights/``) come with a
     ``zoo/weights/<arch>.<tag>.json`` that fills ``metrics``, ``firing_rate``, ``energy_mj`` and
-    ``training`` (recipe and exact command, iterations, wall time, machine, date) when the model is
-    registered; ``pretrained=True`` then loads them offline.
+    ``training`` (recipe and exact command, iterations, wall time, machine, date) and
+    ``sample_predictions`` (per frame of ``zoo/samples/<dataset>``: the pixels of each class the weights
+    predict, which a test checks) when the model is registered; ``pretrained=True`` then loads them
+    offline. ``python -m analysis export RUN`` writes both files from a finished training run.
     """
 
     architecture: str = ""
@@ -72,6 +75,7 @@ class PretrainedCfg:
     notes: str = ""
     shipped_file: Optional[str] = None
     training: Dict[str, Any] = field(default_factory=dict)
+    sample_predictions: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -104,7 +108,7 @@ CheckpointFilter = Callable[[Dict[str, Any], nn.Module], Dict[str, Any]]
 # weights inside the package, each with its metadata: <arch>.<tag>.safetensors + <arch>.<tag>.json
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # the metadata keys a shipped weight's JSON may set on its config
-_SHIPPED_KEYS = ("shipped_file", "metrics", "firing_rate", "energy_mj", "training")
+_SHIPPED_KEYS = ("shipped_file", "metrics", "firing_rate", "energy_mj", "training", "sample_predictions")
 
 
 def _with_shipped_weights(cfg: PretrainedCfg) -> PretrainedCfg:
@@ -246,3 +250,38 @@ def list_tags(arch: str) -> List[str]:
 
 def list_pretrained(pattern: str = "*") -> List[str]:
     return list_models(pattern, pretrained=True)
+
+
+def _paper_figures(paper: Dict[str, Any]) -> str:
+    if not paper:
+        return "not in the paper"
+    metric = next((f"{paper[k]} {k}" if k == "mIoU" else f"{k} {paper[k]}" for k in ("mIoU", "PQ") if k in paper), "")
+    energy = f", {paper['energy_mj']} mJ" if "energy_mj" in paper else ""
+    return metric + energy
+
+
+def model_zoo_table() -> str:
+    """The README's model-zoo table (Markdown), one row per segmentation architecture at its default tag,
+    built from the configs (a test keeps the README equal to it)."""
+    header = ["model", "dataset (classes)", "T x D", "params", "GMACs per step", "weights", "val mIoU (ours)",
+              "mJ per image (ours)", "paper"]
+    rows = []
+    for arch, entry in sorted(_REGISTRY.items()):
+        cfg = entry.cfgs[entry.default_tag]
+        if cfg.task == "backbone":
+            continue
+        others = [t for t in list_tags(arch)[1:]]
+        model = f"`{arch}`" + (f" (also {', '.join('.' + t for t in others)})" if others else "")
+        if cfg.shipped_file:
+            weights = "shipped (`pretrained=True`, offline)"
+        elif cfg.hub_id:
+            weights = f"Hub: `{cfg.hub_id}`"
+        else:
+            weights = "none yet"
+        miou = cfg.metrics.get("val", {}).get("mIoU")
+        rows.append([model, f"{cfg.dataset} ({cfg.num_classes})", f"{cfg.T}x{cfg.D}", f"{cfg.params:,}",
+                     "" if cfg.macs is None else f"{cfg.macs:g}", weights, "" if miou is None else f"{miou:.1f}",
+                     "" if cfg.energy_mj is None else f"{cfg.energy_mj:.3g}", _paper_figures(cfg.paper)])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
