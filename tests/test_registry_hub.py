@@ -302,3 +302,28 @@ def test_shipped_weights_load_offline_with_their_metadata(monkeypatch, tmp_path)
         zoo.create("tiny_ship.a", pretrained=True)
     with pytest.raises(zoo.hub.WeightsUnavailableError, match="no weights are published"):
         zoo.create("tiny_ship.b", pretrained=True)
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))])
+def test_config_says_what_was_built(name):
+    """T, D and neuron are read from the arguments the model was built with; overrides are recorded."""
+    import conftest
+    from neurons import NILIFNode
+    tiny = conftest.TINY_SPIKE2FORMER if name.startswith("spike2former") else conftest.TINY_SPIKEFPN
+    registered = zoo.get_pretrained_cfg(name)
+    T, D = registered.T, registered.D
+    model = zoo.create(name, **tiny, T=T + 1, neuron="ilif")
+    cfg = model.pretrained_cfg
+    assert (cfg.T, cfg.neuron, cfg.D) == (T + 1, "ilif", D) and model.T == T + 1
+    assert {m.D for m in model.modules() if isinstance(m, NILIFNode)} == {D}
+    assert {m.norm for m in model.modules() if isinstance(m, NILIFNode)} == {1.0}
+    given = {**tiny, "T": T + 1, "neuron": "ilif"}
+    assert cfg.overrides == {k: v for k, v in given.items() if registered.model_args.get(k) != v}
+    assert cfg.model_args == {**registered.model_args, **given}
+    assert cfg.name == registered.name and registered.overrides == {}   # the registry's own config is untouched
+    assert cfg.to_dict()["T"] == T + 1
+    with pytest.raises(ValueError, match="pass constructor arguments instead"):
+        zoo.create(name, pretrained_cfg_overlay={"T": 2})
+    released = {"official": True} if name.startswith("spike2former") else {"neuron": "official"}
+    official = zoo.create(name, **tiny, **released).pretrained_cfg
+    assert (official.neuron, official.D) == ("official", 8)

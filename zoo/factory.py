@@ -56,7 +56,10 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
       are reused). ``name`` may itself be such a folder.
     - ``execution``: how the model computes (:class:`zoo.execution.ExecutionOptions` or a dict of
       its fields, e.g. ``{"mask_order": "features_first"}``); readable as ``model.execution``.
-    - ``kwargs`` override the constructor arguments the config implies.
+    - ``kwargs`` override the constructor arguments the config implies; ``model.pretrained_cfg`` then
+      records them (``model_args`` as built, ``overrides`` what changed; ``T``/``D``/``neuron`` follow).
+    - ``pretrained_cfg_overlay`` changes descriptive fields of the config (mean/std, notes, ...); what
+      the model is built with can only change through ``kwargs``.
     """
     saved = None
     if not is_model(name):
@@ -73,8 +76,16 @@ def create(name: str, pretrained: bool = False, checkpoint_path: Optional[hub.Pa
     if saved is not None and saved["architecture"] != cfg.architecture:
         raise ValueError(f"{checkpoint_path} holds a {saved['architecture']}, not a {cfg.architecture}")
     if pretrained_cfg_overlay:
+        built = sorted({"T", "D", "neuron", "model_args", "overrides"} & set(pretrained_cfg_overlay))
+        if built:
+            raise ValueError(f"pretrained_cfg_overlay cannot set {built}: they say what the model is built with; "
+                             f"pass constructor arguments instead, e.g. zoo.create({name!r}, T=2)")
         cfg = cfg.replace(**pretrained_cfg_overlay)
     model_args = {**cfg.model_args, **(saved or {}).get("model_args", {}), **kwargs}
+    missing = object()
+    overrides = {k: v for k, v in model_args.items() if cfg.model_args.get(k, missing) != v}
+    if overrides:
+        cfg = cfg.replace(model_args=model_args, overrides=overrides)
     model = get_builder(name)(**model_args)
     model.pretrained_cfg = cfg
     model.model_args = model_args

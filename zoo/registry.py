@@ -1,7 +1,7 @@
 """The model registry, modelled on timm: one builder per architecture, a
 pretrained config per tag (``arch.tag``: a T x D setting or a weight set).
 
-    @register_model(cfgs={"t1d4": PretrainedCfg(num_classes=150, T=1, D=4, ...)})
+    @register_model(cfgs={"t1d4": PretrainedCfg(num_classes=150, model_args={"T": 1, "D": 4, ...}, ...)})
     def spike2former_ade20k(**kwargs) -> nn.Module: ...
 
     zoo.create("spike2former_ade20k")          # the default (first) tag
@@ -33,7 +33,10 @@ class PretrainedCfg:
 
     ``model_args`` are the constructor arguments this config implies (classes, T, D,
     neuron, ...); ``create`` passes them to the builder, and explicit keyword
-    arguments to ``create`` override them. ``paper`` holds the published figures
+    arguments to ``create`` override them: the model's config then holds the arguments it was
+    built with in ``model_args`` and the changed ones in ``overrides`` (empty when it was built
+    as registered). ``T``, ``D`` and ``neuron`` are read from ``model_args``, so a config always
+    says what was built. ``paper`` holds the published figures
     (metric, value, params, energy); ``params`` and ``macs`` are what this
     implementation builds (a test rebuilds every model and checks them);
     ``metrics``, ``firing_rate`` and ``energy_mj`` are our own measurements of
@@ -61,9 +64,6 @@ class PretrainedCfg:
     std: Tuple[float, float, float] = IMAGENET_STD
     crop_size: Tuple[int, int] = (512, 512)
     eval_scale: Optional[Tuple[int, int]] = None
-    T: int = 1
-    D: int = 4
-    neuron: str = "nilif"
     model_args: Dict[str, Any] = field(default_factory=dict)
     paper: Dict[str, Any] = field(default_factory=dict)
     params: Optional[int] = None
@@ -76,6 +76,22 @@ class PretrainedCfg:
     shipped_file: Optional[str] = None
     training: Dict[str, Any] = field(default_factory=dict)
     sample_predictions: Dict[str, Any] = field(default_factory=dict)
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def T(self) -> int:
+        """Time steps, as ``model_args`` build them."""
+        return int(self.model_args.get("T", 1))
+
+    @property
+    def neuron(self) -> str:
+        """The neuron kind (:func:`neurons.build`), as ``model_args`` build it."""
+        return "official" if self.model_args.get("official") else str(self.model_args.get("neuron", "nilif"))
+
+    @property
+    def D(self) -> int:
+        """Spike levels per step: ``model_args``' D (8 for the released code's neuron, 1 for binary LIF)."""
+        return {"official": 8, "lif": 1}.get(self.neuron, int(self.model_args.get("D", 4)))
 
     @property
     def name(self) -> str:
@@ -100,7 +116,7 @@ class PretrainedCfg:
         return Preprocess(self.mean, self.std, self.eval_scale)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "T": self.T, "D": self.D, "neuron": self.neuron}
 
 
 CheckpointFilter = Callable[[Dict[str, Any], nn.Module], Dict[str, Any]]
@@ -137,7 +153,7 @@ def segmentation_cfg(dataset: str, classes, palette, T: int, D: int, params: Opt
     args = {"num_classes": len(classes), "T": T, "D": D, **(model_args or {})}
     eval_scale = DATASETS[dataset].eval_scale if dataset in DATASETS else None
     return PretrainedCfg(dataset=dataset, task=task, num_classes=len(classes), class_names=tuple(classes),
-                         palette=tuple(palette), crop_size=crop, eval_scale=eval_scale, T=T, D=D, model_args=args,
+                         palette=tuple(palette), crop_size=crop, eval_scale=eval_scale, model_args=args,
                          paper={"source": source, **paper} if paper else {}, params=params, macs=macs,
                          recipe=recipe or dataset, notes=notes)
 
