@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["to_events", "from_events", "SpikeDrivenSynapse", "fold_batchnorm", "batchnorm_affine"]
+__all__ = ["to_events", "from_events", "SpikeDrivenSynapse", "fold_batchnorm", "fold_batchnorm_", "batchnorm_affine"]
 
 
 def _check_D(D) -> int:
@@ -108,16 +108,25 @@ def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm):
 
 
 @torch.no_grad()
-def fold_batchnorm(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """A copy of ``layer`` (Conv/Linear) with an eval-mode BatchNorm that follows it folded in."""
+def fold_batchnorm_(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, where: str = "BatchNorm") -> nn.Module:
+    """Fold an eval-mode BatchNorm that follows ``layer`` (Conv/Linear) into it, **in place**; returns ``layer``.
+
+    ``y = s (W u + b) + t = (s W) u + (s b + t)`` per output channel (:func:`batchnorm_affine`): the
+    weights are scaled where they lie (no second copy) and the bias is replaced.
+    """
     if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-        raise TypeError(f"fold_batchnorm folds into Conv1d, Conv2d or Linear, got {type(layer).__name__}")
+        raise TypeError(f"{where} folds into Conv1d, Conv2d or Linear, got {type(layer).__name__}")
     out_features = layer.weight.shape[0]
     if bn.num_features != out_features:
-        raise ValueError(f"BatchNorm has {bn.num_features} features, the layer has {out_features} outputs")
+        raise ValueError(f"{where} has {bn.num_features} features, the layer has {out_features} outputs")
     scale, shift = batchnorm_affine(bn)
-    folded = copy.deepcopy(layer)
-    folded.weight = nn.Parameter(layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1))))
-    old_bias = layer.bias if layer.bias is not None else torch.zeros_like(shift)
-    folded.bias = nn.Parameter(old_bias * scale + shift)
-    return folded
+    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+    bias = shift if layer.bias is None else layer.bias * scale + shift
+    layer.bias = nn.Parameter(bias.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
+    return layer
+
+
+def fold_batchnorm(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of ``layer`` (Conv/Linear) with an eval-mode BatchNorm that follows it folded in
+    (:func:`fold_batchnorm_` on a copy; ``layer`` is unchanged)."""
+    return fold_batchnorm_(copy.deepcopy(layer), bn)

@@ -5,10 +5,10 @@ import torch.nn as nn
 from spikingjelly.activation_based.neuron import BaseNode
 
 from conftest import segmentors, tiny
+from zoo.backbones.meta_spikeformer import RepConvBN
+from zoo.fuse import UndeclaredBatchNormError, fold_batchnorm, remaining_batchnorms
 
 SEGMENTORS = segmentors()
-from zoo.backbones.meta_spikeformer import RepConvBN
-from zoo.fuse import fold_batchnorm, remaining_batchnorms
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -109,3 +109,34 @@ def test_training_mode_batchnorm_is_not_folded():
     # nothing was folded before the error: the model is as it was
     assert len(remaining_batchnorms(model)) == 64
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+class _ConvBN(nn.Module):
+    batchnorm_folds = (("conv", "bn"),)
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_a_module_declares_its_folds_and_an_undeclared_batchnorm_fails_loudly():
+    torch.manual_seed(0)
+    declared = _ConvBN()
+    with torch.no_grad():
+        declared.bn.running_mean.normal_()
+        declared.bn.running_var.uniform_(0.5, 2.0)
+    declared.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = declared(x)
+    assert torch.allclose(fold_batchnorm(declared)(x), expected, atol=1e-5)
+    assert remaining_batchnorms(declared) == [] and isinstance(declared.bn, nn.Identity)
+
+    undeclared = nn.Sequential(_ConvBN(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)).eval()
+    before = {k: v.clone() for k, v in undeclared.state_dict().items()}
+    with pytest.raises(UndeclaredBatchNormError, match=r"\['2'\]"):
+        fold_batchnorm(undeclared)
+    assert all(torch.equal(v, before[k]) for k, v in undeclared.state_dict().items())  # nothing folded
+    assert remaining_batchnorms(undeclared) == ["0.bn", "2"]

@@ -44,6 +44,9 @@ class SpikeConvBN(nn.Module):
     ``neuron=None`` leaves out the SN: the stem, whose input is the analog image.
     """
 
+    # (layer, the BatchNorm that forward applies to its output): zoo.fuse folds each pair for inference
+    batchnorm_folds = (("conv", "bn"),)
+
     def __init__(self, conv: nn.Module, bn: nn.Module, neuron: Optional[NeuronFactory]):
         super().__init__()
         self.spike = neuron() if neuron is not None else None
@@ -98,6 +101,10 @@ class RepConv(nn.Module):
     """Re-parameterisable 3x3 conv, per frame ([N, C, H, W]), bias-free:
     ``Conv1x1(C->C) -> BNAndPad(1) -> DW3x3(no padding) -> Conv1x1(C->C_out) -> BN``."""
 
+    batchnorm_folds = (("pw_out", "bn"),)
+    # (layer, BNAndPad after it, the unpadded conv after that): the padded BN folds into both convs
+    padded_batchnorm_folds = (("pw_in", "bn_pad", "dw"),)
+
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
         out_channels = out_channels or channels
@@ -115,6 +122,8 @@ class RepConvBN(nn.Module):
     """``RepConv -> BN``, per frame. The official attention puts a second BN after
     RepConv's own; two BNs in series fold into one at inference, but both hold weights."""
 
+    batchnorm_folds = (("repconv.pw_out", "bn"),)  # after RepConv's own BN has been folded into pw_out
+
     def __init__(self, channels: int):
         super().__init__()
         self.repconv = RepConv(channels)
@@ -127,6 +136,8 @@ class RepConvBN(nn.Module):
 class SepConv(nn.Module):
     """MetaFormer's inverted separable conv (expansion 2, bias-free), spiking:
     ``SN -> pw1(C->2C) -> BN -> SN -> dw7x7(2C) -> pw2(2C->C) -> BN`` (nothing between dw and pw2)."""
+
+    batchnorm_folds = (("pw1", "bn1"), ("pw2", "bn2"))
 
     def __init__(self, dim: int, neuron: NeuronFactory, expansion: int = 2, kernel_size: int = 7):
         super().__init__()

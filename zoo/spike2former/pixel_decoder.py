@@ -62,6 +62,9 @@ class MultiLevelConvBN(nn.Module):
     ``forward(x, shapes)`` takes tokens ``[T, B, C, N]`` of the levels ``shapes``.
     """
 
+    # (layer, the BatchNorm that forward applies to its output): zoo.fuse folds each pair for inference
+    batchnorm_folds = (("conv", "bn"),)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
                  neuron: Optional[NeuronFactory], groups: int = 1, bias: bool = False,
                  norm: bool = True):
@@ -259,6 +262,8 @@ class ChannelMLP(nn.Module):
     Both Conv1d (kernel 1) have biases. ``official=True`` reinterprets the
     ``[C, N]`` output of each frame as ``[N, C]`` instead of keeping it (trap R1).
     """
+
+    batchnorm_folds = (("fc1", "bn1"), ("fc2", "bn2"))
 
     def __init__(self, channels: int = 256, hidden_channels: int = 1024, *,
                  neuron: NeuronFactory, official: bool = False):

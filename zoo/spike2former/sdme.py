@@ -125,6 +125,8 @@ class SDME(nn.Module):
     shortcut's BatchNorm statistics would cover one state instead of all).
     """
 
+    batchnorm_folds = (("shortcut_conv.conv", "shortcut_conv.bn"),)  # for zoo.fuse
+
     def __init__(self, dim: int = 256, num_queries: int = 100, num_classes: int = 150,
                  neuron: Optional[NeuronFactory] = None, alpha: float = 4.0, me_shortcut: bool = True,
                  shortcut_conv: bool = True):

@@ -48,6 +48,8 @@ class SpikingLinearBN(nn.Module):
     as the official BatchNorm1d over ``[T*B, C_out, N]``.
     """
 
+    batchnorm_folds = (("linear", "bn"),)  # zoo.fuse folds the BN into the linear layer
+
     def __init__(self, in_channels: int, out_channels: int, neuron: NeuronFactory):
         super().__init__()
         self.spike = neuron()
