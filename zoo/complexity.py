@@ -16,8 +16,9 @@ What is counted (every row of the report names its kind; :data:`CONVENTIONS` say
   (``mm``/``bmm``/``addmm``/``baddbmm``, which ``@``, ``matmul`` and ``einsum``
   lower to), so the count follows the order the model actually multiplies in:
   ``m x n x k`` per ``[m, k] @ [k, n]`` product. The kind is that of the innermost
-  module running the product (:data:`PRODUCT_KINDS`); a product in any other
-  module is ``other_product`` so that nothing goes uncounted silently.
+  module running the product, as that module's class declares it (``product_kind =
+  "attention_product"``); a product in any other module is ``other_product`` so that
+  nothing goes uncounted silently.
 - ``deformable_sampling``: the SDDA aggregation of eq. 4, one multiply-accumulate
   per bilinearly sampled value (each ``grid_sample`` output element is weighted by
   its attention weight and summed over the points exactly once). The 4 bilinear
@@ -50,12 +51,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from neurons.saved_spikes import macs_per_output
 
-from .backbones.meta_spikeformer import SpikeDrivenSelfAttention
 from .execution import using
-from .spike2former.sdme import SDME
-from .spike2former.transformer_decoder import SpikeDrivenAttention
 
-__all__ = ["KINDS", "CONVENTIONS", "PRODUCT_KINDS", "LayerMacs", "MacReport", "count_macs",
+__all__ = ["KINDS", "CONVENTIONS", "LayerMacs", "MacReport", "count_macs",
            "MacCounter", "layer_macs", "eval_mode_with_time_steps"]
 
 KINDS = ("conv_linear", "attention_product", "deformable_sampling", "mask_einsum", "other_product")
@@ -69,13 +67,6 @@ CONVENTIONS = {
                            "(grid_sample output elements); bilinear taps not counted",
     "mask_einsum": "SDME einsum(mask embedding, mask features), as executed (ATen bmm: m x n x k)",
     "other_product": "any other parameter-free matrix product (ATen mm/bmm: m x n x k)",
-}
-
-# The modules whose own forward multiplies activations by activations, and what that product is.
-PRODUCT_KINDS = {
-    SpikeDrivenAttention: "attention_product",
-    SpikeDrivenSelfAttention: "attention_product",
-    SDME: "mask_einsum",
 }
 
 _SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -221,7 +212,9 @@ class MacCounter(TorchDispatchMode):
     def _product(self, kind: Optional[str], op: str, macs: int) -> None:
         """Add a product to the innermost running module; ``kind=None``: that module's product kind."""
         name, module = self.stack[-1] if self.stack else ("", None)
-        kind = kind or PRODUCT_KINDS.get(type(module), "other_product")
+        kind = kind or getattr(module, "product_kind", None) or "other_product"
+        if kind not in KINDS:
+            raise ValueError(f"{type(module).__name__}.product_kind is {kind!r}; zoo.complexity knows {KINDS}")
         row = self._row(name, kind, "")
         row.calls += 1
         row.macs += macs

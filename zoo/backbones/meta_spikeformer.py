@@ -186,6 +186,9 @@ class SpikeDrivenSelfAttention(nn.Module):
     code uses a fixed 0.125 (the two agree at C/h = 64).
     """
 
+    # what the activation-by-activation products of forward are, for zoo.complexity's MAC count
+    product_kind = "attention_product"
+
     def __init__(self, dim: int, neuron: NeuronFactory, num_heads: int = 8):
         super().__init__()
         if dim % num_heads:

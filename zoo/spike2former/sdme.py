@@ -126,6 +126,7 @@ class SDME(nn.Module):
     """
 
     batchnorm_folds = (("shortcut_conv.conv", "shortcut_conv.bn"),)  # for zoo.fuse
+    product_kind = "mask_einsum"  # the mask product, for zoo.complexity
 
     def __init__(self, dim: int = 256, num_queries: int = 100, num_classes: int = 150,
                  neuron: Optional[NeuronFactory] = None, alpha: float = 4.0, me_shortcut: bool = True,

@@ -95,6 +95,8 @@ class SpikeDrivenAttention(nn.Module):
     multiplied (see :func:`spike_driven_attention_product`).
     """
 
+    product_kind = "attention_product"  # zoo.complexity counts its Q K^T / K^T V products so
+
     def __init__(self, dim: int = 256, num_heads: int = 8, neuron: Optional[NeuronFactory] = None,
                  product_order: str = "auto"):
         super().__init__()
