@@ -87,7 +87,6 @@ from recipes.transforms import Normalize, build_transforms, short_side_size  # n
 from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
 from zoo.images import ImageReadError, read_rgb  # noqa: E402
 from zoo.registry import SHIPPED_WEIGHTS, is_model  # noqa: E402
-from zoo.spike2former import Spike2Former  # noqa: E402
 
 from .degradation import spike_degradation, without_me_shortcut
 from .demo import class_pixel_counts, segment_frame, write_demo
@@ -376,7 +375,7 @@ def cmd_degradation(args, out: Path) -> int:
         sources = {source: source for source in args.models}
     else:
         model = load_model(args.model, args.weights, kwargs, args.seed, device)
-        if not (isinstance(model, Spike2Former) and model.sdme.me_shortcut):
+        if not getattr(model, "has_me_shortcut", False):
             raise UsageError(f"{args.model} has no ME-Shortcut to remove (only a Spike2Former built with "
                              "me_shortcut=True has one); compare models with --models A B ...")
         ablated, dropped = without_me_shortcut(model)
@@ -412,9 +411,9 @@ def cmd_degradation(args, out: Path) -> int:
 def cmd_masks(args, out: Path) -> int:
     model = _model_from_args(args)
     cfg = model.pretrained_cfg
-    if not isinstance(model, Spike2Former):
+    if getattr(model, "family", None) != "mask_classification":
         raise UsageError(f"{args.model} is a {type(model).__name__}, which predicts no query masks; "
-                         "masks needs a Spike2Former")
+                         "masks needs a mask-classification model (a Spike2Former)")
     images = load_images(args, cfg.mean, cfg.std)
     patterns = query_mask_patterns(model, images, size=args.mask_size, progress=not args.no_progress)
     names = list(cfg.class_names) if len(cfg.class_names) == patterns.num_classes else None

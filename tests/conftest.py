@@ -1,5 +1,5 @@
 """Shared test helpers: the official state_dict key lists (tests/data), the real CamVid data when a
-data root holds it, tiny widths of the registered segmentors, and weights that make tiny random models fire."""
+data root holds it, the registered segmentors at their tiny test widths, and weights that make tiny random models fire."""
 import gzip
 from pathlib import Path
 
@@ -43,23 +43,27 @@ def synthetic_official_state(tsv, prefix="", exclude=(), seed=0):
     return state
 
 
-TINY_SPIKE2FORMER = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1),
-                         feat_channels=16, encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2,
-                         decoder_layers=2, decoder_heads=2, decoder_ffn_channels=32, num_queries=5)
-TINY_SPIKEFPN = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
-
-
 def segmentors():
-    """Every registered segmentation architecture."""
+    """Every registered segmentation architecture: those that register tiny test arguments."""
     import zoo
-    return [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))]
+    from zoo.registry import get_test_args
+    return [n for n in zoo.list_models() if get_test_args(n) and zoo.get_pretrained_cfg(n).task != "backbone"]
 
 
 def tiny(name, **kwargs):
-    """A registered segmentor at tiny widths (64x64 inputs run in milliseconds)."""
+    """A registered segmentor at the tiny widths it registers (64x64 inputs run in milliseconds)."""
     import zoo
-    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
-    return zoo.create(name, **{**widths, **kwargs})
+    from zoo.registry import get_test_args
+    return zoo.create(name, **{**get_test_args(name), **kwargs})
+
+
+def _test_args(name):
+    from zoo.registry import get_test_args
+    return get_test_args(name)
+
+
+TINY_SPIKE2FORMER = _test_args("spike2former_ade20k")
+TINY_SPIKEFPN = _test_args("spikefpn_ade20k")
 
 
 def lively(model, images, seed=0, grid=256.0):

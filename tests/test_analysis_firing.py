@@ -14,16 +14,15 @@ import zoo
 from analysis.degradation import group_bands, spike_degradation
 from analysis.firing import FiringRateMonitor, LayerFiring, default_group, measure_firing
 from neurons import NILIFNode
+from zoo.registry import get_test_args
 from zoo.spike_driven import spike_source_of
-from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN
 
 BACKBONE_GROUPS = ["backbone.stage1", "backbone.stage2", "backbone.stage3", "backbone.stage4"]
 
 
 def tiny(name, **kwargs):
     torch.manual_seed(0)
-    widths = TINY_SPIKE2FORMER if name.startswith("spike2former") else TINY_SPIKEFPN
-    return zoo.create(name, **{**widths, **kwargs}).eval()
+    return zoo.create(name, **{**get_test_args(name), **kwargs}).eval()
 
 
 class CountingNet(nn.Module):

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import conftest
 import zoo
 from zoo import registry
 from zoo.base import SegmentationModel
@@ -304,12 +305,11 @@ def test_shipped_weights_load_offline_with_their_metadata(monkeypatch, tmp_path)
         zoo.create("tiny_ship.b", pretrained=True)
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.list_models() if n.startswith(("spike2former_", "spikefpn_"))])
+@pytest.mark.parametrize("name", conftest.segmentors())
 def test_config_says_what_was_built(name):
     """T, D and neuron are read from the arguments the model was built with; overrides are recorded."""
-    import conftest
     from neurons import NILIFNode
-    tiny = conftest.TINY_SPIKE2FORMER if name.startswith("spike2former") else conftest.TINY_SPIKEFPN
+    tiny = registry.get_test_args(name)
     registered = zoo.get_pretrained_cfg(name)
     T, D = registered.T, registered.D
     model = zoo.create(name, **tiny, T=T + 1, neuron="ilif")
@@ -324,6 +324,5 @@ def test_config_says_what_was_built(name):
     assert cfg.to_dict()["T"] == T + 1
     with pytest.raises(ValueError, match="pass constructor arguments instead"):
         zoo.create(name, pretrained_cfg_overlay={"T": 2})
-    released = {"official": True} if name.startswith("spike2former") else {"neuron": "official"}
-    official = zoo.create(name, **tiny, **released).pretrained_cfg
+    official = zoo.create(name, **tiny, neuron="official").pretrained_cfg
     assert (official.neuron, official.D) == ("official", 8)

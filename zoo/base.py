@@ -41,9 +41,16 @@ class SegmentationModel(nn.Module):
 
     ``official=True`` folds T into the batch as the released code does (each
     replica is processed independently: no recurrence across T).
+
+    A subclass declares what it is, so that tools need not know the class: ``family``
+    ``'per_pixel'`` (``forward`` returns class logits per pixel) or ``'mask_classification'``
+    (class logits and a mask per query: ``pred_logits``, ``pred_masks``); ``has_me_shortcut``
+    tells whether the model's mask embedding has an ME-Shortcut that can be cut out.
     """
 
     size_divisor = 32
+    family = "per_pixel"
+    has_me_shortcut = False
 
     def __init__(self, T: int = 1, official: bool = False):
         super().__init__()

@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-__all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained",
-           "get_pretrained_cfg", "get_checkpoint_filter", "segmentation_cfg", "split_name", "get_builder", "is_model",
+__all__ = ["PretrainedCfg", "register_model", "list_models", "list_pretrained", "get_pretrained_cfg",
+           "get_checkpoint_filter", "get_test_args", "segmentation_cfg", "split_name", "get_builder", "is_model",
            "model_zoo_table"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,18 +164,22 @@ class _Entry:
     cfgs: Dict[str, PretrainedCfg]
     default_tag: str
     checkpoint_filter: Optional[CheckpointFilter]
+    test_args: Dict[str, Any]
 
 
 _REGISTRY: Dict[str, _Entry] = {}
 
 
 def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, PretrainedCfg]] = None,
-                   default_tag: Optional[str] = None, checkpoint_filter: Optional[CheckpointFilter] = None):
+                   default_tag: Optional[str] = None, checkpoint_filter: Optional[CheckpointFilter] = None,
+                   test_args: Optional[Dict[str, Any]] = None):
     """Register a model builder under its function name, with its pretrained configs by tag.
 
     ``checkpoint_filter(state_dict, model)`` converts a foreign checkpoint (the
     official code's, an ImageNet backbone's) into this model's keys; ``create``
-    applies it whenever a checkpoint's keys are not the model's own.
+    applies it whenever a checkpoint's keys are not the model's own. ``test_args`` are the
+    constructor arguments of a tiny version for the tests (64x64 inputs in milliseconds); every
+    model registered with them is run by the parametrised model tests.
     """
 
     def wrap(builder):
@@ -187,7 +191,7 @@ def register_model(fn: Optional[Callable] = None, *, cfgs: Optional[Dict[str, Pr
         default = default_tag if default_tag is not None else next(iter(tagged))
         if default not in tagged:
             raise ValueError(f"default tag {default!r} of {name} is not among {list(tagged)}")
-        _REGISTRY[name] = _Entry(builder, tagged, default, checkpoint_filter)
+        _REGISTRY[name] = _Entry(builder, tagged, default, checkpoint_filter, dict(test_args or {}))
         return builder
 
     return wrap(fn) if fn is not None else wrap
@@ -223,6 +227,14 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
     if arch not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[arch].builder
+
+
+def get_test_args(name: str) -> Dict[str, Any]:
+    """The constructor arguments of the architecture's tiny test version (empty when it registered none)."""
+    arch, _ = split_name(name)
+    if arch not in _REGISTRY:
+        raise _unknown(name)
+    return dict(_REGISTRY[arch].test_args)
 
 
 def get_checkpoint_filter(name: str) -> Optional[CheckpointFilter]:

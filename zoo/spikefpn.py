@@ -225,11 +225,13 @@ _PAPER = "Lei et al., Spike2Former, AAAI 2025 (SpikeFPN baseline)"
 
 
 _cfg = functools.partial(segmentation_cfg, source=_PAPER)
+# the tiny version the tests run of every variant (64x64 inputs in milliseconds)
+_TEST_ARGS = dict(embed_dims=(8, 16, 32, 40), backbone_heads=2, backbone_depths=(1, 1), neck_channels=8)
 
 
 @register_model(cfgs={"t4d1": _cfg("ade20k", meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 4, 1, 16_472_190,
                                    {"mIoU": 33.6, "params": "17M", "energy_mj": 88.1}, macs=66.695)},
-                checkpoint_filter=_checkpoint_filter)
+                checkpoint_filter=_checkpoint_filter, test_args=_TEST_ARGS)
 def spikefpn_ade20k(**kwargs) -> SpikeFPN:
     """SpikeFPN on ADE20K (150 classes), T x D = 4 x 1 (binary spikes); 16,472,190 parameters."""
     return SpikeFPN(**kwargs)
@@ -244,7 +246,7 @@ _VOC_NOTE = ("The paper lists 59M params for the 4x1 row; no width of the releas
                  {"mIoU": 58.1, "params": "17M", "energy_mj": 81.4}, notes=_VOC_NOTE, macs=65.613),
     "t4d1": _cfg("voc2012", meta.VOC_CLASSES, meta.VOC_PALETTE, 4, 1, 16_455_549,
                  {"mIoU": 61.1, "params": "59M", "energy_mj": 179.4}, notes=_VOC_NOTE, macs=65.613),
-}, checkpoint_filter=_checkpoint_filter)
+}, checkpoint_filter=_checkpoint_filter, test_args=_TEST_ARGS)
 def spikefpn_voc2012(**kwargs) -> SpikeFPN:
     """SpikeFPN on Pascal VOC 2012 (21 classes), tags 1x1 and 4x1."""
     return SpikeFPN(**kwargs)
@@ -254,7 +256,7 @@ def spikefpn_voc2012(**kwargs) -> SpikeFPN:
     "camvid", meta.CAMVID_CLASSES, meta.CAMVID_PALETTE, 1, 4, 368_503, {}, crop=(360, 480),
     model_args=dict(CAMVID_BACKBONE, neck_channels=32), macs=2.121,
     notes="The SpikeFPN baseline for spike2former_camvid, on the same scaled-down backbone; not in the paper.")},
-    checkpoint_filter=_checkpoint_filter)
+    checkpoint_filter=_checkpoint_filter, test_args=_TEST_ARGS)
 def spikefpn_camvid(**kwargs) -> SpikeFPN:
     """A small SpikeFPN for CamVid (11 classes) with spike2former_camvid's backbone."""
     return SpikeFPN(**kwargs)

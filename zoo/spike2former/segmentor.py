@@ -40,6 +40,12 @@ class Spike2Former(SegmentationModel):
     'features_first', so that the conv is counted as the paper defines it.
     """
 
+    family = "mask_classification"
+
+    @property
+    def has_me_shortcut(self) -> bool:
+        return self.sdme.me_shortcut
+
     def __init__(self, num_classes: int, T: int = 1, D: int = 4, neuron: str = "nilif", beta: float = 0.25,
                  official: bool = False, task: str = "semantic",
                  thing_classes: Optional[Sequence[bool]] = None,
