@@ -33,7 +33,6 @@ forward and backward makes backward fail with an error instead of using stale va
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
@@ -42,11 +41,11 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron as sj_neuron
 
+from .layer_costs import SYNAPTIC_LAYERS, macs_per_output
 from .nilif import NILIFNode
 
-__all__ = ["compact_saved_spikes", "count_norm", "macs_per_output", "CompactionStats"]
+__all__ = ["compact_saved_spikes", "count_norm", "CompactionStats"]
 
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _CHUNK = 1 << 20  # elements converted to counts at a time (4 MB of float32)
 
 
@@ -57,13 +56,6 @@ def count_norm(module: nn.Module) -> Optional[float]:
     if isinstance(module, sj_neuron.BaseNode):
         return 1.0
     return None
-
-
-def macs_per_output(layer: nn.Module) -> int:
-    """Multiply-adds per output element of a Conv1d/Conv2d/Linear layer (its fan-in)."""
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
-    return layer.in_channels // layer.groups * math.prod(layer.kernel_size)
 
 
 class _Mark(NamedTuple):
@@ -229,7 +221,7 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
                if (norm := count_norm(module)) is not None]
     if recompute_macs_per_output > 0:
         handles += [module.register_forward_hook(mark_layer_output) for module in model.modules()
-                    if isinstance(module, _LAYERS) and macs_per_output(module) <= recompute_macs_per_output]
+                    if isinstance(module, SYNAPTIC_LAYERS) and macs_per_output(module) <= recompute_macs_per_output]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield stats

@@ -33,7 +33,6 @@ from . import runtime
 runtime.prepare()  # OpenMP reads its spin-wait setting once, when torch loads it
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from zoo.hub import CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import conftest
-from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, lively, tiny
+from conftest import lively, tiny
 import zoo
 import zoo.base
 from zoo.backbones import meta_spikeformer

@@ -23,7 +23,7 @@ from zoo.execution import using
 import zoo.spike_driven as sd
 from neurons import NILIFNode
 from zoo.spike_driven import SpikeTensor, spike_driven_forward, spike_driven_mode
-from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN, lively, tiny
+from conftest import lively, tiny
 
 SEGMENTORS = conftest.segmentors()
 SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Linear)

@@ -49,7 +49,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from neurons.saved_spikes import macs_per_output
+from neurons.layer_costs import SYNAPTIC_LAYERS, macs_per_output
 
 from .execution import using
 
@@ -69,7 +69,6 @@ CONVENTIONS = {
     "other_product": "any other parameter-free matrix product (ATen mm/bmm: m x n x k)",
 }
 
-_SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _aten = torch.ops.aten
 _MATMULS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
 
@@ -202,7 +201,7 @@ class MacCounter(TorchDispatchMode):
     def _leave(self, name: str):
         def hook(module, args, output):
             self.stack.pop()
-            if isinstance(module, _SYNAPTIC):
+            if isinstance(module, SYNAPTIC_LAYERS):
                 op, macs = layer_macs(module, output)
                 row = self._row(name, "conv_linear", op)
                 row.calls += 1
@@ -224,7 +223,7 @@ class MacCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inside_layer = bool(self.stack) and isinstance(self.stack[-1][1], _SYNAPTIC)
+        inside_layer = bool(self.stack) and isinstance(self.stack[-1][1], SYNAPTIC_LAYERS)
         if func in _MATMULS and not inside_layer:
             self._product(None, func.__name__.split(".")[0], _matmul_macs(func, args))
         elif func is _aten.grid_sampler_2d.default:

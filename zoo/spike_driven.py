@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from neurons.nilif import NILIFNode
-from neurons.saved_spikes import macs_per_output
+from neurons.layer_costs import macs_per_output
 
 from .execution import using
 
