@@ -108,32 +108,36 @@ def _autocast_state(device_type: str) -> Optional[Tuple[str, torch.dtype]]:
     return None
 
 
-@contextlib.contextmanager
-def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -> Iterator[CompactionStats]:
-    """Store the model's neuron outputs that autograd saves for backward as uint8 counts, and
-    recompute saved outputs of layers with at most ``recompute_macs_per_output`` MACs per element."""
-    marks: Dict[int, _Mark] = {}
-    layer_marks: Dict[int, _LayerMark] = {}
-    stats = CompactionStats()
+class _Compactor:
+    """The saved-tensor hooks of :func:`compact_saved_spikes` and what they remember between forward and
+    backward: which storages hold neuron outputs (``marks``) and cheap layers' outputs (``layer_marks``)."""
 
-    def mark_output(norm: float):
+    def __init__(self):
+        self.marks: Dict[int, _Mark] = {}
+        self.layer_marks: Dict[int, _LayerMark] = {}
+        self.stats = CompactionStats()
+        self.scratch: Dict[Tuple, torch.Tensor] = {}  # per (device, dtype): to_counts' reused buffer
+
+    # ------------------------------------------------------------------ forward hooks: what may be packed
+    def mark_output(self, norm: float):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 mark = _Mark(weakref.ref(output), output._version, norm, {})
-                marks[output.untyped_storage().data_ptr()] = mark
+                self.marks[output.untyped_storage().data_ptr()] = mark
         return hook
 
-    def mark_layer_output(module, inputs, output):
+    def mark_layer_output(self, module, inputs, output):
         x = inputs[0] if inputs else None
         if (isinstance(output, torch.Tensor) and output.requires_grad and isinstance(x, torch.Tensor)
                 and module.weight.requires_grad and output.layout == torch.strided):
             # the layer saves its input itself (its weight is trained): holding it here costs nothing
-            layer_marks[output.untyped_storage().data_ptr()] = _LayerMark(
-                weakref.ref(output), output._version, module, recipe_or_counts(x), x._version,
+            self.layer_marks[output.untyped_storage().data_ptr()] = _LayerMark(
+                weakref.ref(output), output._version, module, self.recipe_or_counts(x), x._version,
                 module.weight._version, _autocast_state(output.device.type))
 
-    def pack_spikes(t: torch.Tensor):
-        mark = marks.get(t.untyped_storage().data_ptr())
+    # ------------------------------------------------------------------ packing
+    def pack_spikes(self, t: torch.Tensor):
+        mark = self.marks.get(t.untyped_storage().data_ptr())
         if mark is None:
             return None
         output = mark.output()
@@ -141,25 +145,23 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
             return None
         key = (t.storage_offset(), tuple(t.shape), t.stride())
         if key not in mark.packed:
-            counts = to_counts(t.detach(), mark.norm)
+            counts = self.to_counts(t.detach(), mark.norm)
             mark.packed[key] = _Packed(counts, mark.norm, t.dtype)
-            stats.tensors += 1
-            stats.original_bytes += t.numel() * t.element_size()
-            stats.stored_bytes += counts.numel()
+            self.stats.tensors += 1
+            self.stats.original_bytes += t.numel() * t.element_size()
+            self.stats.stored_bytes += counts.numel()
         return mark.packed[key]
 
-    scratch: Dict[Tuple, torch.Tensor] = {}
-
-    def to_counts(t: torch.Tensor, norm: float) -> torch.Tensor:
+    def to_counts(self, t: torch.Tensor, norm: float) -> torch.Tensor:
         """``round(t * norm)`` as uint8, through a small reused float buffer: no full-size temporaries."""
         if not t.is_contiguous():
             return torch.round(t * norm).to(torch.uint8)
         flat = t.view(-1)
         counts = torch.empty(flat.shape, dtype=torch.uint8, device=t.device)
         key = (t.device, t.dtype)
-        if key not in scratch:
-            scratch[key] = torch.empty(_CHUNK, dtype=t.dtype, device=t.device)
-        buffer = scratch[key]
+        if key not in self.scratch:
+            self.scratch[key] = torch.empty(_CHUNK, dtype=t.dtype, device=t.device)
+        buffer = self.scratch[key]
         for start in range(0, flat.numel(), _CHUNK):
             part = flat[start:start + _CHUNK]
             work = buffer[:part.numel()]
@@ -167,8 +169,8 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
             counts[start:start + _CHUNK].copy_(work)
         return counts.view(t.shape)
 
-    def pack_layer_output(t: torch.Tensor):
-        mark = layer_marks.get(t.untyped_storage().data_ptr())
+    def pack_layer_output(self, t: torch.Tensor):
+        mark = self.layer_marks.get(t.untyped_storage().data_ptr())
         if mark is None:
             return None
         output = mark.output()
@@ -179,52 +181,62 @@ def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -
                           (tuple(t.shape), t.stride(), t.storage_offset() - output.storage_offset()),
                           output.stride())
 
-    def recipe_or_counts(t: torch.Tensor):
+    def recipe_or_counts(self, t: torch.Tensor):
         if t.layout != torch.strided:
             return t
-        packed = pack_spikes(t)
-        if packed is None and layer_marks:
-            packed = pack_layer_output(t)
+        packed = self.pack_spikes(t)
+        if packed is None and self.layer_marks:
+            packed = self.pack_layer_output(t)
         return t if packed is None else packed
 
-    def pack(t: torch.Tensor):
-        packed = recipe_or_counts(t)
+    def pack(self, t: torch.Tensor):
+        packed = self.recipe_or_counts(t)
         if isinstance(packed, _Recompute):
-            stats.recomputed += 1
-            stats.recomputed_bytes += t.numel() * t.element_size()
+            self.stats.recomputed += 1
+            self.stats.recomputed_bytes += t.numel() * t.element_size()
         return packed
 
-    def unpack(saved):
+    # ------------------------------------------------------------------ unpacking, in backward
+    def unpack(self, saved):
         if isinstance(saved, _Packed):
             return saved.counts.to(torch.float32).div_(saved.norm).to(saved.dtype)
         if isinstance(saved, _Recompute):
-            layer = saved.layer
-            stale = layer.weight._version != saved.weight_version or (
-                isinstance(saved.input, torch.Tensor) and saved.input._version != saved.input_version)
-            if stale:
-                raise RuntimeError(f"the weight or input of {layer} was modified in place between forward and "
-                                   "backward; its output, dropped to save memory, cannot be recomputed (turn "
-                                   "recomputation off: model.set_execution(recompute_macs_per_output=0))")
-            x = unpack(saved.input)
-            autocast = (torch.autocast(saved.autocast[0], dtype=saved.autocast[1]) if saved.autocast
-                        else contextlib.nullcontext())
-            with torch.no_grad(), autocast:
-                output = type(layer).forward(layer, x)  # the class's forward: no module hooks run again
-            if output.stride() != saved.output_stride:
-                raise RuntimeError(f"recomputing {layer} gave strides {output.stride()}, "
-                                   f"forward gave {saved.output_stride}")
-            shape, stride, offset = saved.geometry
-            return output.as_strided(shape, stride, output.storage_offset() + offset)
+            return self.recomputed(saved)
         return saved
 
-    handles = [module.register_forward_hook(mark_output(norm)) for module in model.modules()
+    def recomputed(self, saved: "_Recompute") -> torch.Tensor:
+        layer = saved.layer
+        stale = layer.weight._version != saved.weight_version or (
+            isinstance(saved.input, torch.Tensor) and saved.input._version != saved.input_version)
+        if stale:
+            raise RuntimeError(f"the weight or input of {layer} was modified in place between forward and "
+                               "backward; its output, dropped to save memory, cannot be recomputed (turn "
+                               "recomputation off: model.set_execution(recompute_macs_per_output=0))")
+        x = self.unpack(saved.input)
+        autocast = (torch.autocast(saved.autocast[0], dtype=saved.autocast[1]) if saved.autocast
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            output = type(layer).forward(layer, x)  # the class's forward: no module hooks run again
+        if output.stride() != saved.output_stride:
+            raise RuntimeError(f"recomputing {layer} gave strides {output.stride()}, "
+                               f"forward gave {saved.output_stride}")
+        shape, stride, offset = saved.geometry
+        return output.as_strided(shape, stride, output.storage_offset() + offset)
+
+
+@contextlib.contextmanager
+def compact_saved_spikes(model: nn.Module, recompute_macs_per_output: int = 0) -> Iterator[CompactionStats]:
+    """Store the model's neuron outputs that autograd saves for backward as uint8 counts, and
+    recompute saved outputs of layers with at most ``recompute_macs_per_output`` MACs per element."""
+    compactor = _Compactor()
+    handles = [module.register_forward_hook(compactor.mark_output(norm)) for module in model.modules()
                if (norm := count_norm(module)) is not None]
     if recompute_macs_per_output > 0:
-        handles += [module.register_forward_hook(mark_layer_output) for module in model.modules()
+        handles += [module.register_forward_hook(compactor.mark_layer_output) for module in model.modules()
                     if isinstance(module, SYNAPTIC_LAYERS) and macs_per_output(module) <= recompute_macs_per_output]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            yield stats
+        with torch.autograd.graph.saved_tensors_hooks(compactor.pack, compactor.unpack):
+            yield compactor.stats
     finally:
         for handle in handles:
             handle.remove()
