@@ -44,7 +44,7 @@ from .config import (DATA_ENV, RESUMABLE_KEYS, RecipeError, dataset_path, error_
                      validate_recipe)
 from .datasets import collate_samples
 
-__all__ = ["train", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
+__all__ = ["train", "Trainer", "evaluate", "DistributedContext", "EpochBatchSampler", "build_optimizer",
            "build_scheduler", "save_checkpoint", "load_checkpoint", "CheckpointError", "TrainingInterrupted",
            "RunFolderError", "build_model", "build_train_data", "build_val_data", "to_label_size"]
 
@@ -456,6 +456,214 @@ def _check_new_run_folder(out_dir: Path) -> Optional[str]:
 
 # ------------------------------------------------------------------ training
 
+class Trainer:
+    """One training run of a recipe in ``out_dir``, started afresh or resumed from a checkpoint.
+
+    Its parts: :meth:`step` (one optimisation step on one batch), :meth:`evaluate` (an evaluation with
+    its checkpoints and best-weights bookkeeping), :meth:`checkpoint` (``last.pth``), :meth:`log_step`
+    (``log.csv`` and TensorBoard) and :meth:`run`, the loop over them that handles stop requests.
+    Arguments: :func:`train`.
+    """
+
+    def __init__(self, recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, skip_bad: bool = False,
+                 device: Optional[str] = None, progress: bool = True):
+        self.recipe = recipe = validate_recipe(recipe)
+        self.ctx = ctx = DistributedContext(device)
+        self.out_dir = out_dir = Path(out_dir)
+        self.progress = progress
+        self.train_cfg = recipe["train"]
+        self.iters = int(self.train_cfg["iters"])
+        state, path = self._resume_state(resume)
+        seed = int(self.train_cfg["seed"])
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        self.model = build_model(recipe).to(ctx.device)
+        train_set, train_tf = build_train_data(recipe, self.model, skip_bad)
+        self.val_set, self.eval_tf = build_val_data(recipe, self.model, skip_bad)
+        self.criterion = build_criterion(recipe, self.model.pretrained_cfg.num_classes)
+        self.optimizer = build_optimizer(self.model, recipe["optim"])
+        self.scheduler = build_scheduler(self.optimizer, recipe["optim"], self.iters)
+        self.start, self.best, self.rng_state, self.pending_eval = 0, {"metric": None, "iteration": None}, None, False
+        if state is not None:
+            self._restore(state, path)
+        if self.start >= self.iters and not self.pending_eval:
+            raise RecipeError(f"nothing to train: the run is at iteration {self.start} of {self.iters}; "
+                              "raise train.iters to continue")
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temporaries(out_dir):
+                log.info("removed %s, left by a checkpoint write that was killed", stale)
+            (out_dir / "config.json").write_text(json.dumps(recipe, indent=2, default=list))
+        self.net = self.model
+        if ctx.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        sampler = EpochBatchSampler(len(train_set), int(recipe["data"]["batch_size"]), seed, ctx.rank,
+                                    ctx.world_size)
+        sampler.start_iteration = self.start
+        self.loader = DataLoader(SeededAugmentation(train_set, train_tf, seed), batch_sampler=sampler,
+                                 num_workers=int(recipe["data"].get("num_workers", 0)), collate_fn=collate_samples,
+                                 worker_init_fn=_ignore_stop_signals_in_worker,
+                                 persistent_workers=False, pin_memory=ctx.device.type == "cuda")
+        # bf16 autocast on GPU only: on CPU it cost 2.3 val mIoU in a 460-iteration camvid run and was not
+        # faster (benchmarks/reports/mask-loss-points-2026-12-02)
+        self.amp = bool(self.train_cfg.get("amp")) and ctx.device.type == "cuda"
+        if self.train_cfg.get("execution") and ctx.is_main:
+            log.info("training forwards run with execution options %s (evaluation with the model's defaults)",
+                     self.train_cfg["execution"])
+        self.writer, self.log_file, self.log_writer = None, None, None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            new_log = not (out_dir / "log.csv").exists()
+            self.log_file = open(out_dir / "log.csv", "a", newline="")
+            self.log_writer = csv.writer(self.log_file)
+            if new_log:
+                self.log_writer.writerow(["iteration", "loss", "lr", "seconds_per_iter", "details"])
+
+    def _resume_state(self, resume: Optional[str]):
+        """The checkpoint to resume from and its path, after checking that the recipe may continue it."""
+        ctx, out_dir = self.ctx, self.out_dir
+        if not resume:
+            occupied = _check_new_run_folder(out_dir) if ctx.is_main else None
+            if ctx.any(occupied is not None):
+                raise RunFolderError(occupied or f"{out_dir} already holds a run on rank 0")
+            return None, None
+        path = out_dir / "last.pth" if resume == "auto" else Path(resume)
+        state = load_checkpoint(path)
+        allowed, refused = resume_changes(state["recipe"], self.recipe)
+        if refused:
+            raise RecipeError(
+                f"cannot resume {path} with a different recipe: " + "; ".join(refused) +
+                f". On resume only {', '.join(k for k in RESUMABLE_KEYS if k != 'name')} may change "
+                "(the rest is the state the checkpoint was trained with); start a new run with "
+                f"--set model.init_checkpoint={path} to train these weights with other settings")
+        if allowed and ctx.is_main:
+            log.info("resuming with changed %s", ", ".join(allowed))
+        return state, path
+
+    def _restore(self, state: Dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this recipe's model and optimiser: "
+                                  f"{error_message(err)}") from err
+        self.start, self.best, self.rng_state = state["iteration"], state["best"], state["rng"]
+        self.pending_eval = bool(state.get("pending_eval", False))
+        if self.ctx.is_main:
+            log.info("resumed from %s at iteration %d%s", path, self.start,
+                     " (its evaluation runs first)" if self.pending_eval else "")
+
+    def checkpoint(self, done: int, pending: bool = False, name: str = "last.pth") -> None:
+        """``last.pth`` (or ``name``) after ``done`` iterations; ``pending``: its evaluation has not run yet."""
+        if self.ctx.is_main:
+            save_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scheduler, done, self.best,
+                            self.recipe, pending)
+
+    def evaluate(self, done: int, stop: "_StopRequests") -> Dict[str, Any]:
+        """Evaluate after ``done`` iterations, between a checkpoint that awaits it and one that does not."""
+        self.checkpoint(done, pending=True)
+        ctx = self.ctx
+        try:
+            # ranks must reach the metric reduction together, so only a single process cuts evaluation short
+            results = evaluate(self.model, self.val_set, self.eval_tf, ctx, self.recipe["data"].get("val_limit"),
+                               self.progress,
+                               should_stop=None if ctx.distributed else (lambda: stop.signum is not None))
+        except EvaluationStopped:
+            raise TrainingInterrupted(stop.signum, done, self.out_dir / "last.pth") from None
+        key = "PQ" if "PQ" in results else "mIoU"
+        if ctx.is_main:
+            self.writer.add_scalar(f"val/{key}", results[key], done)
+            log.info("iteration %d: %s %.2f", done, key, results[key])
+            _append_val_row(self.out_dir / "val.csv", done, results)
+            if self.best["metric"] is None or results[key] > self.best["metric"]:
+                self.best = {"metric": results[key], "key": key, "iteration": done}
+                self.checkpoint(done, name="best.pth")
+        self.checkpoint(done, pending=False)
+        return results
+
+    def step(self, batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
+        """One optimisation step; the losses it computed."""
+        self.net.train()
+        with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.amp), \
+                using(self.model, **self.train_cfg.get("execution", {})):
+            losses = compute_loss(self.net, self.criterion, batch, self.ctx.device)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}; lower optim.lr "
+                                     "or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_clip = self.recipe["optim"].get("grad_clip")
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    def log_step(self, done: int, losses: Dict[str, torch.Tensor], seconds_per_iteration: float) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss = losses["loss"].item()
+        details = {k: round(float(v.detach()), 5) for k, v in losses.items() if k != "loss"}
+        self.log_writer.writerow([done, f"{loss:.6f}", f"{lr:.6e}", f"{seconds_per_iteration:.3f}",
+                                  json.dumps(details)])
+        self.log_file.flush()
+        self.writer.add_scalar("train/loss", loss, done)
+        self.writer.add_scalar("train/lr", lr, done)
+
+    def run(self) -> Dict[str, Any]:
+        """Train to ``train.iters``, evaluating and checkpointing at the recipe's intervals; the final
+        metrics and the best evaluation. Raises :class:`TrainingInterrupted` after saving on SIGINT/SIGTERM."""
+        ctx, start, iters = self.ctx, self.start, self.iters
+        log_interval = int(self.train_cfg["log_interval"])
+        eval_interval = int(self.train_cfg["eval_interval"])
+        checkpoint_interval = int(self.train_cfg["checkpoint_interval"])
+        metrics: Dict[str, Any] = {}
+        bar = tqdm(total=iters, initial=start, desc="train", disable=not (self.progress and ctx.is_main),
+                   dynamic_ncols=True)
+        data_iter = iter(self.loader)  # draws the workers' base seed from the global RNG ...
+        if self.rng_state is not None:
+            _restore_rng(self.rng_state)  # ... so restore after it, as the uninterrupted run had it here
+        tick = time.perf_counter()
+        try:
+            with _StopRequests() as stop:
+                if self.pending_eval:
+                    metrics = self.evaluate(start, stop)
+                for iteration in range(start, iters):
+                    if ctx.any(stop.signum is not None):
+                        self.checkpoint(iteration)
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, iteration, self.out_dir / "last.pth")
+                    losses = self.step(next(data_iter), iteration)
+                    done = iteration + 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss'].item():.3f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    if ctx.is_main and (done % log_interval == 0 or done == iters):
+                        self.log_step(done, losses, (time.perf_counter() - tick) / max(1, done - start))
+                    if done % eval_interval == 0 or done == iters:
+                        metrics = self.evaluate(done, stop)
+                    elif done % checkpoint_interval == 0:
+                        self.checkpoint(done)
+                    if done % checkpoint_interval == 0:
+                        ctx.barrier()
+        finally:
+            bar.close()
+            self.close()
+        if ctx.is_main:
+            (self.out_dir / "metrics.json").write_text(json.dumps({"final": metrics, "best": self.best}, indent=2,
+                                                                  default=_json_default))
+        return {"final": metrics, "best": self.best}
+
+    def close(self) -> None:
+        if self.ctx.is_main:
+            self.writer.close()
+            self.log_file.close()
+        self.ctx.close()
+
+
 def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, skip_bad: bool = False,
           device: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Train ``recipe``; writes ``config.json``, ``log.csv``, TensorBoard events and checkpoints to ``out_dir``.
@@ -465,172 +673,7 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
     and loading). Without ``resume`` the folder must not hold a run already. Returns the final metrics;
     raises :class:`TrainingInterrupted` after saving a checkpoint on SIGINT/SIGTERM.
     """
-    recipe = validate_recipe(recipe)
-    ctx = DistributedContext(device)
-    out_dir = Path(out_dir)
-    train_cfg, optim = recipe["train"], recipe["optim"]
-    seed = int(train_cfg["seed"])
-
-    state = None
-    occupied = _check_new_run_folder(out_dir) if ctx.is_main and not resume else None
-    if resume:
-        path = out_dir / "last.pth" if resume == "auto" else Path(resume)
-        state = load_checkpoint(path)
-        allowed, refused = resume_changes(state["recipe"], recipe)
-        if refused:
-            raise RecipeError(
-                f"cannot resume {path} with a different recipe: " + "; ".join(refused) +
-                f". On resume only {', '.join(k for k in RESUMABLE_KEYS if k != 'name')} may change "
-                "(the rest is the state the checkpoint was trained with); start a new run with "
-                f"--set model.init_checkpoint={path} to train these weights with other settings")
-        if allowed and ctx.is_main:
-            log.info("resuming with changed %s", ", ".join(allowed))
-    elif ctx.any(occupied is not None):
-        raise RunFolderError(occupied or f"{out_dir} already holds a run on rank 0")
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    model = build_model(recipe).to(ctx.device)
-    train_set, train_tf = build_train_data(recipe, model, skip_bad)
-    val_set, eval_tf = build_val_data(recipe, model, skip_bad)
-    criterion = build_criterion(recipe, model.pretrained_cfg.num_classes)
-    optimizer = build_optimizer(model, optim)
-    iters = int(train_cfg["iters"])
-    scheduler = build_scheduler(optimizer, optim, iters)
-    start, best, rng_state, pending_eval = 0, {"metric": None, "iteration": None}, None, False
-
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this recipe's model and optimiser: "
-                                  f"{error_message(err)}") from err
-        start, best, rng_state = state["iteration"], state["best"], state["rng"]
-        pending_eval = bool(state.get("pending_eval", False))
-        if ctx.is_main:
-            log.info("resumed from %s at iteration %d%s", path, start,
-                     " (its evaluation runs first)" if pending_eval else "")
-    if start >= iters and not pending_eval:
-        raise RecipeError(f"nothing to train: the run is at iteration {start} of {iters}; "
-                          "raise train.iters to continue")
-
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(out_dir):
-            log.info("removed %s, left by a checkpoint write that was killed", stale)
-        (out_dir / "config.json").write_text(json.dumps(recipe, indent=2, default=list))
-    net = model
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-
-    batch_size = int(recipe["data"]["batch_size"])
-    sampler = EpochBatchSampler(len(train_set), batch_size, seed, ctx.rank, ctx.world_size)
-    sampler.start_iteration = start
-    loader = DataLoader(SeededAugmentation(train_set, train_tf, seed), batch_sampler=sampler,
-                        num_workers=int(recipe["data"].get("num_workers", 0)), collate_fn=collate_samples,
-                        worker_init_fn=_ignore_stop_signals_in_worker,
-                        persistent_workers=False, pin_memory=ctx.device.type == "cuda")
-    # bf16 autocast on GPU only: on CPU it cost 2.3 val mIoU in a 460-iteration camvid run and was not faster
-    # (benchmarks/reports/mask-loss-points-2026-12-02)
-    amp = bool(train_cfg.get("amp")) and ctx.device.type == "cuda"
-    if train_cfg.get("execution") and ctx.is_main:
-        log.info("training forwards run with execution options %s (evaluation with the model's defaults)",
-                 train_cfg["execution"])
-    writer, log_file, log_writer = None, None, None
-    if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tensorboard"))
-        new_log = not (out_dir / "log.csv").exists()
-        log_file = open(out_dir / "log.csv", "a", newline="")
-        log_writer = csv.writer(log_file)
-        if new_log:
-            log_writer.writerow(["iteration", "loss", "lr", "seconds_per_iter", "details"])
-
-    def checkpoint(done: int, pending: bool) -> None:
-        if ctx.is_main:
-            save_checkpoint(out_dir / "last.pth", model, optimizer, scheduler, done, best, recipe, pending)
-
-    def run_evaluation(done: int, stop: _StopRequests) -> Dict[str, Any]:
-        nonlocal best
-        checkpoint(done, pending=True)
-        try:
-            # ranks must reach the metric reduction together, so only a single process cuts evaluation short
-            results = evaluate(model, val_set, eval_tf, ctx, recipe["data"].get("val_limit"), progress,
-                               should_stop=None if ctx.distributed else (lambda: stop.signum is not None))
-        except EvaluationStopped:
-            raise TrainingInterrupted(stop.signum, done, out_dir / "last.pth") from None
-        key = "PQ" if "PQ" in results else "mIoU"
-        if ctx.is_main:
-            writer.add_scalar(f"val/{key}", results[key], done)
-            log.info("iteration %d: %s %.2f", done, key, results[key])
-            _append_val_row(out_dir / "val.csv", done, results)
-            if best["metric"] is None or results[key] > best["metric"]:
-                best = {"metric": results[key], "key": key, "iteration": done}
-                save_checkpoint(out_dir / "best.pth", model, optimizer, scheduler, done, best, recipe)
-        checkpoint(done, pending=False)
-        return results
-
-    metrics: Dict[str, Any] = {}
-    bar = tqdm(total=iters, initial=start, desc="train", disable=not (progress and ctx.is_main), dynamic_ncols=True)
-    data_iter = iter(loader)  # draws the workers' base seed from the global RNG ...
-    if rng_state is not None:
-        _restore_rng(rng_state)  # ... so restore after it, as the uninterrupted run had it here
-    tick = time.perf_counter()
-    try:
-        with _StopRequests() as stop:
-            if pending_eval:
-                metrics = run_evaluation(start, stop)
-            for iteration in range(start, iters):
-                if ctx.any(stop.signum is not None):
-                    checkpoint(iteration, pending=False)
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, iteration, out_dir / "last.pth")
-                batch = next(data_iter)
-                net.train()
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp), \
-                        using(model, **train_cfg.get("execution", {})):
-                    losses = compute_loss(net, criterion, batch, ctx.device)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}; lower optim.lr "
-                                             "or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim.get("grad_clip"):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-                optimizer.step()
-                scheduler.step()
-                done = iteration + 1
-                lr = optimizer.param_groups[0]["lr"]
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-                if ctx.is_main and (done % int(train_cfg["log_interval"]) == 0 or done == iters):
-                    seconds = (time.perf_counter() - tick) / max(1, done - start)
-                    details = {k: round(float(v.detach()), 5) for k, v in losses.items() if k != "loss"}
-                    log_writer.writerow([done, f"{loss.item():.6f}", f"{lr:.6e}", f"{seconds:.3f}",
-                                         json.dumps(details)])
-                    log_file.flush()
-                    writer.add_scalar("train/loss", loss.item(), done)
-                    writer.add_scalar("train/lr", lr, done)
-                if done % int(train_cfg["eval_interval"]) == 0 or done == iters:
-                    metrics = run_evaluation(done, stop)
-                elif done % int(train_cfg["checkpoint_interval"]) == 0:
-                    checkpoint(done, pending=False)
-                if done % int(train_cfg["checkpoint_interval"]) == 0:
-                    ctx.barrier()
-    finally:
-        bar.close()
-        if ctx.is_main:
-            writer.close()
-            log_file.close()
-        ctx.close()
-    if ctx.is_main:
-        (out_dir / "metrics.json").write_text(json.dumps({"final": metrics, "best": best}, indent=2,
-                                                         default=_json_default))
-    return {"final": metrics, "best": best}
+    return Trainer(recipe, out_dir, resume, skip_bad, device, progress).run()
 
 
 def _append_val_row(path: Path, iteration: int, metrics: Dict[str, Any]) -> None:
