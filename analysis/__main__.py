@@ -551,7 +551,7 @@ def cmd_demo(args, out: Path) -> int:
 def cmd_export(args, out: Optional[Path]) -> int:
     try:
         weights, meta = export_run(args.run, args.to, args.checkpoint, args.images or None,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, history=args.history)
     except (ExportError, KeyError, OSError, CheckpointMismatchError) as err:
         raise UsageError(error_message(err)) from None
     record = json.loads(meta.read_text())
@@ -621,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", default="last.pth", help="the run's checkpoint to export (default last.pth)")
     export.add_argument("--images", type=_non_negative, default=0,
                         help="validation images to measure firing and energy over (default 0: all)")
+    export.add_argument("--history", help="what the run folder cannot tell (e.g. a resume with other settings), "
+                                          "recorded with the weights")
     export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.add_argument("--out", default=None, help=argparse.SUPPRESS)
     runtime.add_threads_option(export)

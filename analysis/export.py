@@ -12,7 +12,8 @@ the model's pretrained config when the package is imported (:mod:`zoo.registry`)
 - ``firing_rate`` and ``energy_mj``: measured here over the first ``--images`` validation images at
   the evaluation size (pooled firing rate of every spiking neuron; energy per image, analysis.energy);
 - ``training``: recipe, the command that reproduces the run, iterations, epochs, wall time (from
-  the run folder's ``config.json`` to its ``metrics.json``), seconds per iteration, machine, date;
+  the run's first start to its ``metrics.json``, stops and resumes included; ``starts`` counts them),
+  seconds per iteration, machine, date, and a ``history`` the caller gives (``--history``);
 - ``sample_predictions``: how many pixels of each class the weights predict on each frame bundled
   in ``zoo/samples/<dataset>``, so that a test can tell when weights and code drift apart.
 
@@ -106,11 +107,28 @@ def _read_run(run: Path) -> Tuple[Dict[str, Any], Dict[str, Any], List[List[str]
     return recipe, metrics, log
 
 
+def _run_started(run: Path) -> Tuple[dt.datetime, int]:
+    """When the run started and how many times it was started (once, plus once per ``--resume``): every
+    start opens a TensorBoard event file named after its creation time; without them, ``config.json``'s
+    time (rewritten by each resume, so only right for a run that never resumed)."""
+    stamps = []
+    for path in (run / "tensorboard").glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    if stamps:
+        return dt.datetime.fromtimestamp(min(stamps), dt.timezone.utc), len(stamps)
+    return dt.datetime.fromtimestamp((run / "config.json").stat().st_mtime, dt.timezone.utc), 1
+
+
 def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, checkpoint: str = "last.pth",
-               images: Optional[int] = None, progress: bool = True) -> Tuple[Path, Path]:
+               images: Optional[int] = None, progress: bool = True, history: Optional[str] = None
+               ) -> Tuple[Path, Path]:
     """Write ``<arch>.<tag>.safetensors`` and ``<arch>.<tag>.json`` for the run into ``to``; their paths.
 
     ``images``: how many validation images the firing rate and energy are measured over (None: all).
+    ``history``: what the record cannot read from the run folder (e.g. that it was resumed with another
+    ``train.iters``), recorded as ``training["history"]``.
     """
     from safetensors.torch import save
 
@@ -148,7 +166,7 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
     final = metrics["final"]
     names = list(cfg.class_names)
     seconds = [float(row[3]) for row in log]
-    started = dt.datetime.fromtimestamp((run / "config.json").stat().st_mtime, dt.timezone.utc)
+    started, starts = _run_started(run)
     finished = dt.datetime.fromtimestamp((run / "metrics.json").stat().st_mtime, dt.timezone.utc)
     batch = int(recipe["data"]["batch_size"])
     train_images = len(build_train_data(recipe, model)[0])
@@ -166,13 +184,15 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
             "recipe": recipe["name"], "command": reproducing_command(recipe),
             "iterations": iters, "batch_size": batch, "epochs": round(iters * batch / train_images, 1),
             "seed": recipe["train"]["seed"], "weights": f"final ({checkpoint} at iteration {iters})",
-            "wall_minutes": round((finished - started).total_seconds() / 60, 1),
+            "wall_minutes": round((finished - started).total_seconds() / 60, 1), "starts": starts,
             "seconds_per_iteration_median": round(statistics.median(seconds), 3) if seconds else None,
             "machine": _machine(), "date": finished.date().isoformat(),
             "measured_over": f"firing_rate and energy_mj: mean over the first {count} {recipe['data']['val_split']} "
                              f"images at the evaluation size"},
         "sample_predictions": frames,
     }
+    if history:
+        record["training"]["history"] = history
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     to.mkdir(parents=True, exist_ok=True)
     weights_path, meta_path = to / f"{stem}.safetensors", to / f"{stem}.json"
