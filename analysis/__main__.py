@@ -506,7 +506,6 @@ def _demo_model(args) -> nn.Module:
 
 
 def cmd_demo(args, out: Path) -> int:
-    from zoo.datasets_meta import DATASETS
     from zoo.samples import sample_frames
     model = _demo_model(args)
     cfg = model.pretrained_cfg
@@ -520,11 +519,10 @@ def cmd_demo(args, out: Path) -> int:
             inputs = [(f.name, f.image, f.label) for f in sample_frames(cfg.dataset)]
         except FileNotFoundError as err:
             raise UsageError(f"{err}; pass --images") from None
-    ignore = DATASETS[cfg.dataset].ignore_index if cfg.dataset in DATASETS else None
     results = []
     for name, image, truth in tqdm(inputs, desc="segmenting", disable=args.no_progress):
         try:
-            result = segment_frame(model, image, name, truth, ignore)
+            result = segment_frame(model, image, name, truth)
         except ImageReadError as err:
             raise UsageError(str(err)) from None
         Image.fromarray(result.labels.astype(np.uint8 if cfg.num_classes <= 256 else np.uint16)).save(

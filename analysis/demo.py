@@ -28,7 +28,7 @@ from zoo.images import read_rgb
 from .energy import estimate
 from .firing import FiringRateMonitor, eval_mode
 
-__all__ = ["FrameResult", "predict_labels", "segment_frame", "class_pixel_counts", "write_demo"]
+__all__ = ["FrameResult", "predict_labels", "pixel_accuracy", "segment_frame", "class_pixel_counts", "write_demo"]
 
 
 @dataclass
@@ -55,12 +55,30 @@ def predict_labels(model: nn.Module, rgb: np.ndarray) -> np.ndarray:
         return to_label_size(model.predict(batch)[0].cpu(), rgb.shape[:2]).numpy().astype(np.int64)
 
 
+def read_label_map(truth: Union[str, Path, np.ndarray]) -> np.ndarray:
+    return np.asarray(Image.open(truth)) if isinstance(truth, (str, Path)) else np.asarray(truth)
+
+
+def pixel_accuracy(model: nn.Module, labels: np.ndarray, truth: np.ndarray, name: str = "image") -> Optional[float]:
+    """% of ``truth``'s labelled pixels that ``labels`` gets right; void (the dataset's ignore index, and
+    any value past the model's classes) excluded; None when no pixel is labelled."""
+    from zoo.datasets_meta import DATASETS
+    cfg = model.pretrained_cfg
+    if truth.shape != labels.shape:
+        raise ValueError(f"the label map of {name} is {truth.shape[1]}x{truth.shape[0]}, the image "
+                         f"{labels.shape[1]}x{labels.shape[0]}: they must match")
+    valid = truth < cfg.num_classes
+    if cfg.dataset in DATASETS:
+        valid &= truth != DATASETS[cfg.dataset].ignore_index
+    return 100.0 * float((labels[valid] == truth[valid]).mean()) if valid.any() else None
+
+
 def segment_frame(model: nn.Module, image: Union[str, Path, np.ndarray], name: Optional[str] = None,
-                  truth: Union[str, Path, np.ndarray, None] = None, ignore_index: Optional[int] = None) -> FrameResult:
+                  truth: Union[str, Path, np.ndarray, None] = None) -> FrameResult:
     """Segment one image (a path or ``uint8 [H, W, 3]``) with a semantic model built by ``zoo.create``.
 
     The labels come from :func:`predict_labels`; firing and energy are measured on two more forwards of
-    the same input (each with the neurons reset).
+    the same input (each with the neurons reset); with ``truth``, the :func:`pixel_accuracy` against it.
     """
     cfg = model.pretrained_cfg
     if cfg.task != "semantic":
@@ -77,13 +95,8 @@ def segment_frame(model: nn.Module, image: Union[str, Path, np.ndarray], name: O
     energy_mj = estimate(model, batch).total_mj
     result = FrameResult(name, rgb, labels, firing_rate, energy_mj)
     if truth is not None:
-        gt = np.asarray(Image.open(truth)) if isinstance(truth, (str, Path)) else np.asarray(truth)
-        if gt.shape != labels.shape:
-            raise ValueError(f"the label map of {name} is {gt.shape[1]}x{gt.shape[0]}, the image "
-                             f"{labels.shape[1]}x{labels.shape[0]}: they must match")
-        valid = gt < cfg.num_classes if ignore_index is None else (gt != ignore_index) & (gt < cfg.num_classes)
-        result.truth = gt
-        result.pixel_accuracy = 100.0 * float((labels[valid] == gt[valid]).mean()) if valid.any() else None
+        result.truth = read_label_map(truth)
+        result.pixel_accuracy = pixel_accuracy(model, labels, result.truth, name)
     return result
 
 

@@ -41,11 +41,12 @@ from zoo.hub import write_files_atomically
 from zoo.images import read_rgb
 from zoo.registry import SHIPPED_WEIGHTS
 
-from .demo import class_pixel_counts, predict_labels, segment_frame
+from .demo import class_pixel_counts, pixel_accuracy, predict_labels, read_label_map
 from .energy import estimate
-from .firing import measure_firing
+from .firing import FiringReport, measure_firing
 
-__all__ = ["ExportError", "export_run", "reproducing_command", "sample_prediction_drift"]
+__all__ = ["ExportError", "export_run", "measure_on_val", "reproducing_command", "run_started",
+           "sample_prediction_drift"]
 
 RUN_FILES = ("config.json", "metrics.json", "log.csv")
 
@@ -107,7 +108,19 @@ def _read_run(run: Path) -> Tuple[Dict[str, Any], Dict[str, Any], List[List[str]
     return recipe, metrics, log
 
 
-def _run_started(run: Path) -> Tuple[dt.datetime, int]:
+def measure_on_val(model: torch.nn.Module, recipe: Dict[str, Any], images: Optional[int] = None,
+                   progress: bool = False) -> Tuple[FiringReport, float, int]:
+    """Firing of every neuron (pooled over the images) and the mean energy per image (mJ) of ``model`` over
+    the first ``images`` (None: all) validation images of ``recipe`` at the evaluation size; and how many."""
+    val_set, eval_tf = build_val_data(recipe, model)
+    count = len(val_set) if images is None else min(images, len(val_set))
+    samples = [eval_tf(val_set[i])["image"] for i in tqdm(range(count), desc="val images", disable=not progress)]
+    firing = measure_firing(model, ({"image": s} for s in samples), progress=progress)
+    energies = [estimate(model, s.unsqueeze(0)).total_mj for s in tqdm(samples, desc="energy", disable=not progress)]
+    return firing, statistics.fmean(energies), count
+
+
+def run_started(run: Path) -> Tuple[dt.datetime, int]:
     """When the run started and how many times it was started (once, plus once per ``--resume``): every
     start opens a TensorBoard event file named after its creation time; without them, ``config.json``'s
     time (rewritten by each resume, so only right for a run that never resumed)."""
@@ -148,25 +161,22 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
     if cfg.task != "semantic":
         raise ExportError(f"{cfg.name} is a {cfg.task} model: export records semantic metrics only")
 
-    val_set, eval_tf = build_val_data(recipe, model)
-    count = len(val_set) if images is None else min(images, len(val_set))
-    samples = [eval_tf(val_set[i])["image"] for i in tqdm(range(count), desc="val images", disable=not progress)]
-    firing = measure_firing(model, ({"image": s} for s in samples), progress=progress)
-    energies = [estimate(model, s.unsqueeze(0)).total_mj for s in tqdm(samples, desc="energy", disable=not progress)]
+    firing, energy_mj, count = measure_on_val(model, recipe, images, progress)
+    val_images = len(build_val_data(recipe, model)[0])
 
-    from zoo.datasets_meta import DATASETS
     from zoo.samples import sample_frames
-    ignore = DATASETS[cfg.dataset].ignore_index if cfg.dataset in DATASETS else None
     frames = {}
     for frame in sample_frames(cfg.dataset):
-        result = segment_frame(model, frame.image, frame.name, frame.label, ignore)
-        frames[frame.name] = {"class_pixels": class_pixel_counts(result.labels, cfg.num_classes),
-                              "pixel_accuracy": result.pixel_accuracy}
+        labels = predict_labels(model, read_rgb(frame.image))
+        accuracy = None if frame.label is None else pixel_accuracy(model, labels, read_label_map(frame.label),
+                                                                    frame.name)
+        frames[frame.name] = {"class_pixels": class_pixel_counts(labels, cfg.num_classes),
+                              "pixel_accuracy": accuracy}
 
     final = metrics["final"]
     names = list(cfg.class_names)
     seconds = [float(row[3]) for row in log]
-    started, starts = _run_started(run)
+    started, starts = run_started(run)
     finished = dt.datetime.fromtimestamp((run / "metrics.json").stat().st_mtime, dt.timezone.utc)
     batch = int(recipe["data"]["batch_size"])
     train_images = len(build_train_data(recipe, model)[0])
@@ -177,9 +187,9 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
             "mIoU": round(final["mIoU"], 2), "mAcc": round(final["mAcc"], 2), "aAcc": round(final["aAcc"], 2),
             "IoU_per_class": {n: _round(v) for n, v in zip(names, final["IoU_per_class"])},
             "Acc_per_class": {n: _round(v) for n, v in zip(names, final["Acc_per_class"])},
-            "split": recipe["data"]["val_split"], "images": len(val_set)}},
+            "split": recipe["data"]["val_split"], "images": val_images}},
         "firing_rate": round(firing.pooled_rate, 5),
-        "energy_mj": round(statistics.fmean(energies), 5),
+        "energy_mj": round(energy_mj, 5),
         "training": {
             "recipe": recipe["name"], "command": reproducing_command(recipe),
             "iterations": iters, "batch_size": batch, "epochs": round(iters * batch / train_images, 1),

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -45,8 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
 from analysis.degradation import spike_degradation  # noqa: E402
-from analysis.energy import estimate  # noqa: E402
-from analysis.firing import measure_firing  # noqa: E402
+from analysis.export import measure_on_val, run_started  # noqa: E402
 from recipes.engine import build_val_data  # noqa: E402
 
 EMBED_SPIKE = "sdme.embed_spike"
@@ -87,13 +85,9 @@ def measure_row(row: str, out: Path, images: Optional[int]) -> Dict[str, object]
     recipe = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())["final"]
     model = zoo.create(recipe["model"]["name"], checkpoint_path=out / "last.pth", **recipe["model"]["kwargs"]).eval()
-    val_set, eval_tf = build_val_data(recipe, model)
-    count = len(val_set) if images is None else min(images, len(val_set))
-    batches = [eval_tf(val_set[i])["image"].unsqueeze(0) for i in range(count)]
-    firing = measure_firing(model, batches, progress=False)
+    firing, energy, count = measure_on_val(model, recipe, images)
     names = {layer.name for layer in firing.layers}
-    energy = statistics.fmean(estimate(model, b).total_mj for b in batches)
-    wall = (out / "metrics.json").stat().st_mtime - (out / "config.json").stat().st_mtime
+    wall = (out / "metrics.json").stat().st_mtime - run_started(out)[0].timestamp()  # resumes included
     _, overrides, change, paper = ROWS[row]
     return {"row": row, "change": change, "recipe": recipe["name"], "overrides": " ".join(overrides),
             "iterations": recipe["train"]["iters"], "seed": recipe["train"]["seed"],

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+import zoo
+from zoo.registry import get_test_args
+
 # one gzipped ``key<TAB>shape`` line per tensor of each official model's state_dict
 OFFICIAL_KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
 
@@ -45,25 +48,16 @@ def synthetic_official_state(tsv, prefix="", exclude=(), seed=0):
 
 def segmentors():
     """Every registered segmentation architecture: those that register tiny test arguments."""
-    import zoo
-    from zoo.registry import get_test_args
     return [n for n in zoo.list_models() if get_test_args(n) and zoo.get_pretrained_cfg(n).task != "backbone"]
 
 
 def tiny(name, **kwargs):
     """A registered segmentor at the tiny widths it registers (64x64 inputs run in milliseconds)."""
-    import zoo
-    from zoo.registry import get_test_args
     return zoo.create(name, **{**get_test_args(name), **kwargs})
 
 
-def _test_args(name):
-    from zoo.registry import get_test_args
-    return get_test_args(name)
-
-
-TINY_SPIKE2FORMER = _test_args("spike2former_ade20k")
-TINY_SPIKEFPN = _test_args("spikefpn_ade20k")
+TINY_SPIKE2FORMER = get_test_args("spike2former_ade20k")
+TINY_SPIKEFPN = get_test_args("spikefpn_ade20k")
 
 
 def lively(model, images, seed=0, grid=256.0):

@@ -298,7 +298,7 @@ def model_zoo_table() -> str:
         cfg = entry.cfgs[entry.default_tag]
         if cfg.task == "backbone":
             continue
-        others = [t for t in list_tags(arch)[1:]]
+        others = list_tags(arch)[1:]
         model = f"`{arch}`" + (f" (also {', '.join('.' + t for t in others)})" if others else "")
         if cfg.shipped_file:
             weights = "shipped (`pretrained=True`, offline)"
