@@ -1,5 +1,5 @@
-"""Shared test helpers: the official state_dict key lists (tests/data), the real CamVid data when a
-data root holds it, the registered segmentors at their tiny test widths, and weights that make tiny random models fire."""
+"""Shared test helpers: the official state_dict key lists (tests/data), CamVid (the real copy when a
+data root holds it, else one built from the bundled sample frames), the registered segmentors at their tiny test widths, and weights that make tiny random models fire."""
 import gzip
 from pathlib import Path
 
@@ -17,8 +17,33 @@ def _camvid_root() -> Path:
     return (data_root() / "camvid").resolve()
 
 
-# real CamVid (SegNet layout) under the data root ($SPIKEZOO_DATA, else ./data): its tests skip without it
+# real CamVid (SegNet layout) under the data root ($SPIKEZOO_DATA, else ./data), when it is there
 CAMVID = _camvid_root()
+REAL_CAMVID = (CAMVID / "train.txt").is_file()
+# the SegNet split's sizes, which only the real copy has
+CAMVID_SPLIT_SIZES = {"train": 367, "val": 101}
+
+
+@pytest.fixture(scope="session")
+def camvid_data(tmp_path_factory):
+    """A CamVid root in the SegNet layout: the real data when the data root holds it; otherwise a small one
+    built from the package's sample frames (``zoo/samples/camvid``, three real val frames with their labels)
+    in both splits, so that the CamVid tests run in every clone. ``REAL_CAMVID`` says which."""
+    if REAL_CAMVID:
+        return CAMVID
+    from PIL import Image
+    from zoo.samples import sample_frames
+    root = tmp_path_factory.mktemp("camvid")
+    for split in ("train", "val"):
+        (root / split).mkdir()
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for frame in sample_frames("camvid"):
+            Image.open(frame.image).convert("RGB").save(root / split / f"{frame.name}.png")
+            (root / f"{split}annot" / f"{frame.name}.png").write_bytes(frame.label.read_bytes())
+            lines.append(f"{split}/{frame.name}.png {split}annot/{frame.name}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
 
 
 def official_shapes(tsv, prefix="", exclude=()):

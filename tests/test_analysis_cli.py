@@ -12,7 +12,6 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-import conftest
 from conftest import TINY_SPIKE2FORMER, TINY_SPIKEFPN
 import zoo
 from analysis import estimate, measure_firing, query_mask_patterns
@@ -225,14 +224,12 @@ def test_size_resizes_every_image_to_one_shape(saved, tmp_path):
     assert summary["image_sizes"] == [[40, 40], [40, 67]]  # short side 40: 48x80 -> 40x66.7
 
 
-def test_camvid_recipe_reads_its_val_split(saved, tmp_path):
-    if not conftest.CAMVID.exists():
-        pytest.skip(f"{conftest.CAMVID} not present")
-    summary = run("firing", saved / "s2f", "camvid", tmp_path, "--data-root", str(conftest.CAMVID),
+def test_camvid_recipe_reads_its_val_split(saved, tmp_path, camvid_data):
+    summary = run("firing", saved / "s2f", "camvid", tmp_path, "--data-root", str(camvid_data),
                   "--limit", "2", "--size", "64")
     model = zoo.create(str(saved / "s2f"))
     normalise = Normalize(model.pretrained_cfg.mean, model.pretrained_cfg.std)
-    dataset = build_dataset("camvid", str(conftest.CAMVID), "val")
+    dataset = build_dataset("camvid", str(camvid_data), "val")
     images = [normalise({"image": TF.resize(dataset[i]["image"], [64, 85], antialias=True)})["image"][None]
               for i in range(2)]  # 360x480 with a short side of 64
     report = measure_firing(model, images, progress=False)

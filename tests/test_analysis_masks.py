@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-import conftest
 from conftest import TINY_SPIKE2FORMER
 import zoo
 from analysis.masks import query_mask_patterns, write_query_mask_patterns
@@ -105,14 +104,12 @@ def test_write_query_mask_patterns(tmp_path):
         write_query_mask_patterns(patterns, tmp_path / "bad", class_names=names[:3])
 
 
-def test_camvid_dataset_samples_equal_plain_images():
+def test_camvid_dataset_samples_equal_plain_images(camvid_data):
     from recipes.datasets import build_dataset
     from recipes.transforms import eval_transforms
-    if not conftest.CAMVID.exists():
-        pytest.skip(f"{conftest.CAMVID} not present")
     model = lively(tiny_spike2former(), torch.randn(1, 3, 64, 64))
     cfg = model.pretrained_cfg
-    dataset = build_dataset("camvid", str(conftest.CAMVID), "val",
+    dataset = build_dataset("camvid", str(camvid_data), "val",
                             transforms=eval_transforms((96, 72), cfg.mean, cfg.std))
     samples = Subset(dataset, [0, 1])
     from_dataset = query_mask_patterns(model, samples, size=50, progress=False)

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from recipes import datasets as D
+from zoo.samples import sample_frames
 import conftest
 
 RNG = np.random.default_rng(0)
@@ -353,14 +354,11 @@ def test_build_dataset_and_collate(camvid_root):
         D.build_dataset("imagenet", str(camvid_root))
 
 
-# ----------------------------------------------------------------------------- real CamVid
-CAMVID = str(conftest.CAMVID)
-
-
-@pytest.mark.skipif(not os.path.isfile(os.path.join(CAMVID, "train.txt")), reason="real CamVid not present")
-def test_real_camvid_samples():
-    for split, n in (("train", 367), ("val", 101)):
-        ds = D.CamVidDataset(CAMVID, split)
+# ----------------------------------------------------------------------------- CamVid (real, or the sample frames)
+def test_camvid_samples(camvid_data):
+    for split in ("train", "val"):
+        ds = D.CamVidDataset(str(camvid_data), split)
+        n = conftest.CAMVID_SPLIT_SIZES[split] if conftest.REAL_CAMVID else len(sample_frames("camvid"))
         assert len(ds) == n
         for i in (0, n - 1):
             s = ds[i]

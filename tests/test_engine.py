@@ -10,12 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import conftest
 from recipes import config as cfg_lib
 from recipes import engine
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = conftest.CAMVID
 TINY_MODEL = dict(embed_dims=[8, 16, 32, 40], backbone_heads=2, backbone_depths=[1, 1], feat_channels=16,
                   encoder_layers=1, sdte_ffn_channels=32, sdda_groups=2, decoder_layers=2, decoder_heads=2,
                   decoder_ffn_channels=32, num_queries=5)
@@ -161,11 +159,10 @@ def test_distributed_eval_equals_single_process(camvid_fixture, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CAMVID / "train.txt").exists(),
-                    reason="real CamVid is not under the data root ($SPIKEZOO_DATA/camvid)")
-def test_camvid_end_to_end_through_the_cli(tmp_path):
+def test_camvid_end_to_end_through_the_cli(tmp_path, camvid_data):
     out = tmp_path / "run"
     _cli(["-m", "recipes", "train", "camvid", "--out", str(out), "--no-progress", "--device", "cpu",
+          "--set", f"data.root={str(camvid_data)!r}",
           "--set", "train.iters=3", "--set", "train.eval_interval=3", "--set", "data.val_limit=2",
           "--set", "data.batch_size=2", "--set", "data.num_workers=0", "--set", "train.log_interval=1"])
     metrics = json.loads((out / "metrics.json").read_text())["final"]
@@ -174,10 +171,11 @@ def test_camvid_end_to_end_through_the_cli(tmp_path):
     assert len(losses) == 3 and all(np.isfinite(losses))
 
     evaluated = _last_json(_cli(["-m", "recipes", "eval", "camvid", "--weights", str(out / "last.pth"),
-                                 "--limit", "2", "--no-progress", "--device", "cpu"]))
+                                 "--set", f"data.root={str(camvid_data)!r}", "--limit", "2", "--no-progress",
+                                 "--device", "cpu"]))
     assert evaluated["mIoU"] == pytest.approx(metrics["mIoU"])
 
-    image = sorted((CAMVID / "val").glob("*.png"))[0]
+    image = sorted((camvid_data / "val").glob("*.png"))[0]
     _cli(["-m", "recipes", "predict", "--model", "spike2former_camvid", "--weights", str(out / "last.pth"),
           str(image), "--out", str(tmp_path / "pred")])
     labels = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_labels.png"))
