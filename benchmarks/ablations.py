@@ -21,8 +21,11 @@ spikefpn       the SpikeFPN baseline                 -12.7 (33.6 in Table 1)
 =============  ====================================  =====================================
 
 Each row's run folder (``--runs/<row>``) is kept: a row whose ``metrics.json`` exists is not retrained,
-one with a ``last.pth`` resumes, so the script can be stopped and started again (across sessions, if
-the folders survive). After training, each row's final weights are measured on the first
+one with a ``last.pth`` resumes, so the script can be stopped and started again. The report's
+``ablations.csv`` is the lasting record: rows measured in an earlier invocation whose run folders are gone
+(rows trained on another day or machine) are kept from it, provided they were trained with the same
+budget (the same ``--set`` overrides); ``--measure-only`` rebuilds the report from what is there without
+training anything. After training, each row's final weights are measured on the first
 ``--images`` validation images at the evaluation size: the pooled firing rate, the mask-embedding
 neuron ``sdme.embed_spike``'s rate (the paper: 0.086 with ME-Shortcut, 0.266 without, both trained) and
 the energy per image (``analysis.energy``). The report folder gets ``ablations.csv``, ``README.md``
@@ -81,7 +84,11 @@ def train_row(row: str, runs: Path, common: List[str], extra_args: List[str]) ->
     return out
 
 
-def measure_row(row: str, out: Path, images: Optional[int]) -> Dict[str, object]:
+def budget_of(common: List[str]) -> str:
+    return " ".join(sorted(common))
+
+
+def measure_row(row: str, out: Path, images: Optional[int], budget: str) -> Dict[str, object]:
     recipe = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())["final"]
     model = zoo.create(recipe["model"]["name"], checkpoint_path=out / "last.pth", **recipe["model"]["kwargs"]).eval()
@@ -89,12 +96,36 @@ def measure_row(row: str, out: Path, images: Optional[int]) -> Dict[str, object]
     names = {layer.name for layer in firing.layers}
     wall = (out / "metrics.json").stat().st_mtime - run_started(out)[0].timestamp()  # resumes included
     _, overrides, change, paper = ROWS[row]
+    val_limit = recipe["data"].get("val_limit")
     return {"row": row, "change": change, "recipe": recipe["name"], "overrides": " ".join(overrides),
-            "iterations": recipe["train"]["iters"], "seed": recipe["train"]["seed"],
+            "budget": budget, "iterations": recipe["train"]["iters"], "seed": recipe["train"]["seed"],
+            "val_images": "all" if val_limit is None else val_limit,
             "mIoU": round(metrics["mIoU"], 2), "mAcc": round(metrics["mAcc"], 2), "aAcc": round(metrics["aAcc"], 2),
             "energy_mj": round(energy, 4), "firing_rate": round(firing.pooled_rate, 4),
             "embed_spike_rate": round(firing.layer(EMBED_SPIKE).mean_count, 4) if EMBED_SPIKE in names else None,
-            "wall_minutes": round(wall / 60, 1), "paper_delta": paper, "measured_images": count}
+            "wall_minutes": round(wall / 60, 1), "paper_delta": paper, "measured_images": count,
+            "measured_on": time.strftime("%Y-%m-%d")}
+
+
+def earlier_rows(report: Path, budget: str) -> Dict[str, Dict[str, object]]:
+    """The rows of an earlier report, as ``measure_row`` returns them; refused if trained at another budget."""
+    path = report / "ablations.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    other = sorted({r["budget"] for r in rows} - {budget})
+    if other:
+        raise SystemExit(f"{path} holds rows trained with --set {other[0]!r}, not {budget!r}: every row must "
+                         "have the same budget; pass that budget or choose another --report folder")
+    numbers = ("mIoU", "mAcc", "aAcc", "energy_mj", "firing_rate", "embed_spike_rate", "wall_minutes",
+               "paper_delta")
+    for r in rows:
+        for key in numbers:
+            r[key] = float(r[key]) if r[key] not in ("", None) else None
+        for key in ("iterations", "seed", "measured_images"):
+            r[key] = int(r[key])
+    return {r["row"]: r for r in rows}
 
 
 def degradation(runs: Path, report: Path, images: Optional[int]) -> Optional[Path]:
@@ -125,9 +156,10 @@ def write_report(rows: List[Dict[str, object]], report: Path, common: List[str],
     seed = next((r for r in rows if r["row"] == "seed1"), None)
     lines = ["# Spike2Former's ablations on CamVid at equal budget", "",
              f"`python benchmarks/ablations.py {' '.join('--set ' + c for c in common)}` "
-             f"({time.strftime('%Y-%m-%d')}); every row trains for {rows[0]['iterations']} iterations with "
-             "the same recipe settings and seed; val mIoU of the final weights on the 101 val images; energy "
-             f"and firing over the first {rows[0]['measured_images']} val images.", "",
+             f"(rows measured {', '.join(sorted({str(r['measured_on']) for r in rows}))}); every row trains for "
+             f"{rows[0]['iterations']} iterations with the same recipe settings and seed; val mIoU of the final "
+             f"weights on {'the whole val split' if str(rows[0]['val_images']) == 'all' else 'the first ' + str(rows[0]['val_images']) + ' val images'}; "
+             f"energy and firing over the first {rows[0]['measured_images']} val images.", "",
              "| row | change | val mIoU | vs baseline | paper (ADE20K) | mJ per image | firing rate | "
              "sdme.embed_spike rate | minutes |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -139,7 +171,10 @@ def write_report(rows: List[Dict[str, object]], report: Path, common: List[str],
     if base is not None and seed is not None:
         lines += ["", f"Seed noise: the same baseline with seed 1 differs by {seed['mIoU'] - base['mIoU']:+.1f} "
                       "mIoU; a row's difference smaller than that says nothing about its direction."]
-    if figure is not None:
+    missing = [row for row in ROWS if row not in {r["row"] for r in rows}]
+    if missing:
+        lines += ["", f"Not trained yet: {', '.join(missing)}."]
+    if figure is not None and figure.is_file():
         lines += ["", f"![spike degradation, trained with and without ME-Shortcut]({figure.name})"]
     (report / "README.md").write_text("\n".join(lines) + "\n")
 
@@ -153,14 +188,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="recipe overrides for every row: the budget (repeatable)")
     parser.add_argument("--images", type=int, default=0, help="val images for firing and energy (0: all)")
     parser.add_argument("--threads", type=int, default=None, help="passed to the training runs")
+    parser.add_argument("--measure-only", action="store_true", help="train nothing; measure and report")
     args = parser.parse_args(argv)
+    budget = budget_of(args.set)
+    kept = earlier_rows(args.report, budget)
     extra = ["--threads", str(args.threads)] if args.threads else []
-    for row in args.rows:
-        train_row(row, args.runs, args.set, extra)
+    if not args.measure_only:
+        for row in args.rows:
+            if row in kept and not (args.runs / row).is_dir():
+                print(f"[{row}] in {args.report / 'ablations.csv'} already", flush=True)
+                continue
+            train_row(row, args.runs, args.set, extra)
     done = [row for row in ROWS if (args.runs / row / "metrics.json").is_file()]
-    rows = [measure_row(row, args.runs / row, args.images or None) for row in done]
+    measured = {row: measure_row(row, args.runs / row, args.images or None, budget) for row in done}
+    rows = [measured.get(row) or kept[row] for row in ROWS if row in measured or row in kept]
+    if not rows:
+        raise SystemExit(f"no trained row under {args.runs} and no earlier report in {args.report}")
     args.report.mkdir(parents=True, exist_ok=True)
-    figure = degradation(args.runs, args.report, args.images or None)
+    figure = degradation(args.runs, args.report, args.images or None) or args.report / "degradation.png"
     write_report(rows, args.report, args.set, figure)
     print((args.report / "README.md").read_text())
     return 0
