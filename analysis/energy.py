@@ -77,21 +77,20 @@ import argparse
 import contextlib
 import csv
 import json
-import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from spikingjelly.activation_based import functional
-from torch.overrides import TorchFunctionMode
 
 import zoo
-from zoo.complexity import MacCounter, eval_mode_with_time_steps, layer_macs
+from zoo.complexity import eval_mode_with_time_steps, mac_rows
 from zoo.execution import using
-from zoo.spike_driven import SYNAPSES, SpikeDrivenStats, marking_spikes, spike_driven_mode, spike_mark
+from zoo.spike_driven import spike_driven_mode
+from zoo.spikes import marking_spikes
+from zoo.trace import OpRecord, Trace
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "CONVENTION", "EnergyRow", "EnergyReport", "estimate", "estimate_registered"]
 
@@ -101,10 +100,8 @@ E_AC_PJ = 0.9
 CONVENTION = (__doc__ or "").partition("Convention\n----------\n")[2].strip()
 
 _PJ_PER_MJ = 1e9
-_MATMULS = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm"}
-_MULS = {"mul", "__mul__", "__rmul__", "multiply"}
 
-Key = Tuple[str, str]  # (module name, zoo.complexity kind), the rows of zoo.complexity's counter
+Key = Tuple[str, str]  # (module name, kind), the rows of zoo.complexity's MAC count
 
 
 @dataclass
@@ -252,147 +249,59 @@ def _g(count: float) -> str:
 
 @dataclass
 class _SpikeShare:
-    """The part of a zoo.complexity row whose operations had a spike operand."""
+    """The part of a (module, kind) row whose operations had a spike operand."""
 
     macs: int = 0
     acs: float = 0.0
     events: int = 0
     elements: int = 0
+    exact_acs: Optional[int] = 0
 
 
-def _events(x: torch.Tensor, mark: Tuple[float, int, str], name: str) -> int:
-    """The sum of the integer counts of a marked tensor.
-
-    The values are trusted to be ``k * unit``: the mark is set on neurons' outputs and kept only by
-    operations that do not change values (or scale them with the unit); checking them (zoo.spike_driven's ``_counts``, which ``exact=True`` runs) would take most of the
-    time of a large model's estimate.
-    """
-    if x.is_meta:
-        raise ValueError(f"{name!r} is fed by spikes, whose counts need values: run estimate on a real device, "
-                         "not 'meta'")
-    counts = x.plain() / mark[0]
-    counts.round_()
-    # float32 sums of integer counts are exact below 2^24, far above a row's (last axis) total;
-    # the rows are then summed in float64 (summing everything in float64 is three times slower)
-    return int(counts.sum(-1).sum(dtype=torch.float64))
+def _spike_charge(record: OpRecord) -> Optional[Tuple[float, int, int]]:
+    """``(ACs, events, elements)`` of a call with a spike operand: its events x (MACs / its elements),
+    the operand giving fewer ACs when both are spikes; None when no operand is spikes."""
+    best = None
+    for x in record.spike_operands:
+        acs = record.macs * x.events / x.elements
+        if best is None or acs < best[0]:
+            best = (acs, x.events, x.elements)
+    return best
 
 
-class _SpikeCharges(TorchFunctionMode):
-    """Finds, call by call, which of the MACs recorded by zoo.complexity's counter had a spike operand.
-
-    Conv/Linear inputs are read by forward hooks; products at the torch-function level, where the
-    spike marks are still on their operands (ATen, where the counter works, sees plain tensors),
-    and take their MACs as the growth of the counter's row during the call.
-    """
-
-    def __init__(self, model: nn.Module, dense: MacCounter):
-        super().__init__()
-        self.dense = dense
-        self.shares: Dict[Key, _SpikeShare] = {}
-        # grid_sample outputs awaiting the tensor that weights them: id -> (weak reference, row, MACs)
-        self.samples: Dict[int, Tuple[weakref.ref, Key, int]] = {}
-        self.handles = [module.register_forward_hook(self._synapse_hook(name))
-                        for name, module in model.named_modules() if isinstance(module, SYNAPSES)]
-
-    def remove_hooks(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def _synapse_hook(self, name: str):
-        def hook(module, args, output):
-            if args:
-                self._charge((name, "conv_linear"), layer_macs(module, output)[1], args[:1])
-        return hook
-
-    def _charge(self, key: Key, macs: int, operands: Sequence) -> None:
-        """Charge ``macs`` as ACs when an operand is spikes: its events x (MACs / its elements), the cheaper one."""
-        best = None
-        for x in operands:
-            mark = spike_mark(x)
-            if mark is None:
-                continue
-            events = _events(x, mark, key[0])
-            acs = macs * events / x.numel()
-            if best is None or acs < best[0]:
-                best = (acs, events, x.numel())
-        if best is not None:
-            share = self.shares.setdefault(key, _SpikeShare())
-            share.macs += macs
-            share.acs += best[0]
-            share.events += best[1]
-            share.elements += best[2]
-
-    def _executed(self) -> Dict[Key, int]:
-        return {key: row.macs for key, row in self.dense.rows.items()}
-
-    def _grown_since(self, before: Dict[Key, int]) -> List[Tuple[Key, int]]:
-        return [(key, row.macs - before.get(key, 0)) for key, row in self.dense.rows.items()
-                if row.macs != before.get(key, 0)]
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if name in _MULS and self.samples and len(args) == 2:
-            return self._weighted_samples(func, args, kwargs)
-        operands = _product_operands(name, args)
-        if operands is None and func is not F.grid_sample:
-            return func(*args, **kwargs)
-        before = self._executed()
-        out = func(*args, **kwargs)
-        for key, macs in self._grown_since(before):
-            if func is F.grid_sample:
-                self.samples[id(out)] = (weakref.ref(out), key, macs)
-            else:
-                self._charge(key, macs, operands)
-        return out
-
-    def _weighted_samples(self, func, args, kwargs):
-        """``sampled * weights``: the SDDA sum is spike-driven when the weights are spikes."""
-        out = func(*args, **kwargs)
-        for sampled, weights in (args, args[::-1]):
-            entry = self.samples.get(id(sampled))
-            if entry is not None and entry[0]() is sampled:
-                del self.samples[id(sampled)]
-                _, key, macs = entry
-                self._charge(key, macs, [weights])
-                break
-        return out
-
-
-def _product_operands(name: str, args) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """The two operands of a matrix product call, or None for anything else."""
-    if name in _MATMULS and len(args) >= 2:
-        return args[0], args[1]
-    if name == "einsum":
-        operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-        return tuple(operands) if len(operands) == 2 else None
-    return None
-
-
-def _rows(dense: MacCounter, charges: _SpikeCharges, images: int,
-          exact: Optional[SpikeDrivenStats]) -> List[EnergyRow]:
+def _rows(records: Sequence[OpRecord], images: int, exact: bool) -> List[EnergyRow]:
+    shares: Dict[Key, _SpikeShare] = {}
+    for record in records:
+        charge = _spike_charge(record)
+        if charge is None:
+            continue
+        share = shares.setdefault((record.name, record.kind), _SpikeShare())
+        share.macs += record.macs
+        share.acs += charge[0]
+        share.events += charge[1]
+        share.elements += charge[2]
+        if exact:
+            share.exact_acs += _exact_acs(record) if record.kind == "conv_linear" else charge[0]
     rows = []
-    for key, dense_row in dense.rows.items():
-        name, kind = key
-        share = charges.shares.get(key)
+    for dense_row in mac_rows(records):
+        name, kind = key = (dense_row.name, dense_row.kind)
+        share = shares.get(key)
         if share is not None:
-            exact_acs = None
-            if exact is not None:
-                exact_acs = _exact_acs(exact, name) if kind == "conv_linear" else share.acs
             rows.append(EnergyRow(name, kind, "AC", dense_row.op, share.macs / images, share.acs / images,
                                   share.events / images, share.elements / images,
-                                  None if exact_acs is None else exact_acs / images))
+                                  share.exact_acs / images if exact else None))
         analog = dense_row.macs - (share.macs if share is not None else 0)
         if share is None or analog:
             rows.append(EnergyRow(name, kind, "MAC", dense_row.op, analog / images))
     return rows
 
 
-def _exact_acs(stats: SpikeDrivenStats, name: str) -> int:
-    row = stats.row(name)
-    if row.kind != "spike":
-        raise RuntimeError(f"{name!r} is fed by spikes here but ran dense in spike_driven_mode ({row.reason})")
-    return row.acs
+def _exact_acs(record: OpRecord) -> int:
+    run = record.event_run
+    if run is None or not run.on_events:
+        reason = "no event forward" if run is None else run.reason
+        raise RuntimeError(f"{record.name!r} is fed by spikes here but ran dense in spike_driven_mode ({reason})")
+    return run.acs
 
 
 @torch.no_grad()
@@ -414,31 +323,26 @@ def estimate(model: nn.Module, images: torch.Tensor, *, T: Optional[int] = None,
         raise ValueError(f"images must be a batch [N, ...] with N >= 1, got shape {tuple(images.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dense = charges = None
+    trace = Trace(model, events=True)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode_with_time_steps(model, T))
             stack.enter_context(using(model, mask_order="features_first", compile=False))
             time_steps = getattr(model, "T", None)
-            stats = stack.enter_context(spike_driven_mode(model)) if exact else None
-            if not exact:
+            if exact:
+                stack.enter_context(spike_driven_mode(model, trace=trace))
+            else:
                 stack.enter_context(marking_spikes(model))
-            dense = MacCounter(model)
-            charges = _SpikeCharges(model, dense)
-            stack.enter_context(dense)
-            stack.enter_context(charges)
+                stack.enter_context(trace)
             for batch in images.split(batch_size):
                 functional.reset_net(model)
                 model(batch, **forward_kwargs)
-                charges.samples.clear()
+                trace.end_forward()
     finally:
-        for counter in (dense, charges):
-            if counter is not None:
-                counter.remove_hooks()
         functional.reset_net(model)
     name = getattr(getattr(model, "pretrained_cfg", None), "name", "") or type(model).__name__
     return EnergyReport(name, images.shape[0], tuple(images.shape[1:]), time_steps,
-                        _rows(dense, charges, images.shape[0], stats))
+                        _rows(trace.records, images.shape[0], exact))
 
 
 def estimate_registered(name: str = "spike2former_ade20k", image_size: Optional[Tuple[int, int]] = None,

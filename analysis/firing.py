@@ -13,7 +13,7 @@ Usage::
 Definitions
 -----------
 A *layer* is one spiking-neuron module (every module for which
-:func:`zoo.spike_driven.spike_source_of` gives ``(unit, D)``: NI-LIF and its
+:func:`zoo.spikes.spike_source_of` gives ``(unit, D)``: NI-LIF and its
 relatives, SpikingJelly's binary neurons); synapses are not hooked. A neuron's
 output is ``S = k * unit`` with the integer count ``k`` in ``0..D`` (``unit =
 1/norm`` for NI-LIF, 1 for binary neurons). Over everything the monitor saw
@@ -61,7 +61,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from zoo.execution import using
-from zoo.spike_driven import spike_source_of
+from zoo.spikes import spike_source_of
 
 __all__ = ["LayerFiring", "GroupFiring", "FiringReport", "FiringRateMonitor", "default_group",
            "measure_firing", "image_batches", "eval_mode"]
@@ -193,7 +193,7 @@ class _LayerTotals:
 class FiringRateMonitor:
     """Context manager that records the firing of every spiking neuron of ``model``.
 
-    Hooks every module for which :func:`~zoo.spike_driven.spike_source_of` is not
+    Hooks every module for which :func:`~zoo.spikes.spike_source_of` is not
     None, plus a pre-hook on ``model`` itself that counts images and steps.
     Totals accumulate over every forward inside the block (and across blocks
     until :meth:`reset`); :meth:`report` reads them. Definitions: module docstring.

@@ -15,7 +15,7 @@ from analysis.degradation import group_bands, spike_degradation
 from analysis.firing import FiringRateMonitor, LayerFiring, default_group, measure_firing
 from neurons import NILIFNode
 from zoo.registry import get_test_args
-from zoo.spike_driven import spike_source_of
+from zoo.spikes import spike_source_of
 
 BACKBONE_GROUPS = ["backbone.stage1", "backbone.stage2", "backbone.stage3", "backbone.stage4"]
 

@@ -21,8 +21,10 @@ import conftest
 import zoo
 from zoo.execution import using
 import zoo.spike_driven as sd
+import zoo.spikes
 from neurons import NILIFNode
-from zoo.spike_driven import SpikeTensor, spike_driven_forward, spike_driven_mode
+from zoo.spike_driven import spike_driven_forward, spike_driven_mode
+from zoo.spikes import SpikeTensor
 from conftest import lively, tiny
 
 SEGMENTORS = conftest.segmentors()
@@ -176,7 +178,7 @@ def test_wrong_unit_is_rejected(monkeypatch):
     torch.manual_seed(0)
     images = torch.randn(1, 3, 64, 64)
     model = lively(tiny("spike2former_camvid"), images)
-    monkeypatch.setitem(sd._SPIKE_SOURCES, NILIFNode, lambda node: (2.0 / node.D, node.D))
+    monkeypatch.setitem(zoo.spikes._SPIKE_SOURCES, NILIFNode, lambda node: (2.0 / node.D, node.D))
     with pytest.raises(ValueError, match="not k\\*unit"):
         spike_driven_forward(model, images)
     assert "forward" not in model.backbone.stem.conv.__dict__  # restored after the error

@@ -1,4 +1,5 @@
-r"""Multiply-accumulate counts of one forward of one image, by kind, by part and by layer.
+r"""Multiply-accumulate counts of one forward of one image, by kind, by part and by layer: a view of the
+operation record of :mod:`zoo.trace`.
 
     report = count_macs(model, image_size=(512, 512))          # eval mode, on the meta device
     report.total, report.by_kind(), report.by_part()
@@ -47,16 +48,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from neurons.layer_costs import SYNAPTIC_LAYERS, macs_per_output
 
 from .execution import using
+from .trace import KINDS, OpRecord, Trace
 
-__all__ = ["KINDS", "CONVENTIONS", "LayerMacs", "MacReport", "count_macs",
-           "MacCounter", "layer_macs", "eval_mode_with_time_steps"]
-
-KINDS = ("conv_linear", "attention_product", "deformable_sampling", "mask_einsum", "other_product")
+__all__ = ["KINDS", "CONVENTIONS", "LayerMacs", "MacReport", "count_macs", "mac_rows", "eval_mode_with_time_steps"]
 
 CONVENTIONS = {
     "conv_linear": "Conv/Linear modules: out elements x in_channels/groups x kernel elements "
@@ -68,10 +64,6 @@ CONVENTIONS = {
     "mask_einsum": "SDME einsum(mask embedding, mask features), as executed (ATen bmm: m x n x k)",
     "other_product": "any other parameter-free matrix product (ATen mm/bmm: m x n x k)",
 }
-
-_aten = torch.ops.aten
-_MATMULS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
-
 
 @dataclass
 class LayerMacs:
@@ -147,88 +139,24 @@ def _g(macs: int) -> str:
     return f"{macs / 1e9:.3f}"
 
 
-def layer_macs(module: nn.Module, output: torch.Tensor) -> Tuple[str, int]:
-    """Description and MACs of one Conv1d/Conv2d/Linear call that produced ``output``."""
-    macs = output.numel() * macs_per_output(module)
-    if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}->{module.out_features}", macs
-    groups = f", groups {module.groups}" if module.groups > 1 else ""
-    stride = f"/{module.stride[0]}" if any(s != 1 for s in module.stride) else ""
-    size = "k" + "x".join(map(str, module.kernel_size))
-    return f"{type(module).__name__} {size}{stride} {module.in_channels}->{module.out_channels}{groups}", macs
-
-
-def _matmul_macs(func, args) -> int:
-    """m x n x k of an ATen mm/addmm/bmm/baddbmm call (batched: times the batch)."""
-    a, b = (args[1], args[2]) if func in (_aten.addmm.default, _aten.baddbmm.default) else (args[0], args[1])
-    batch = a.shape[0] if a.dim() == 3 else 1
-    return batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-
-
-class MacCounter(TorchDispatchMode):
-    """Counts Conv/Linear calls (module hooks) and parameter-free products (ATen dispatch).
-
-    ``with MacCounter(model) as counter: model(x)`` fills ``counter.rows``, one :class:`LayerMacs`
-    per (module name, kind), over every forward inside the block; ``counter.remove_hooks()``
-    detaches it from the model. :func:`count_macs` is the one-call form.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.rows: Dict[Tuple[str, str], LayerMacs] = {}
-        self.product_ops: Dict[Tuple[str, str], Dict[str, int]] = {}  # ATen op -> calls, per row
-        self.stack: List[Tuple[str, nn.Module]] = []
-        self.handles = []
-        for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(module.register_forward_hook(self._leave(name), always_call=True))
-
-    def remove_hooks(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def _row(self, name: str, kind: str, op: str) -> LayerMacs:
-        key = (name, kind)
-        if key not in self.rows:
-            self.rows[key] = LayerMacs(name, kind, op)
-        return self.rows[key]
-
-    def _enter(self, name: str):
-        def hook(module, args):
-            self.stack.append((name, module))
-        return hook
-
-    def _leave(self, name: str):
-        def hook(module, args, output):
-            self.stack.pop()
-            if isinstance(module, SYNAPTIC_LAYERS):
-                op, macs = layer_macs(module, output)
-                row = self._row(name, "conv_linear", op)
-                row.calls += 1
-                row.macs += macs
-        return hook
-
-    def _product(self, kind: Optional[str], op: str, macs: int) -> None:
-        """Add a product to the innermost running module; ``kind=None``: that module's product kind."""
-        name, module = self.stack[-1] if self.stack else ("", None)
-        kind = kind or getattr(module, "product_kind", None) or "other_product"
-        if kind not in KINDS:
-            raise ValueError(f"{type(module).__name__}.product_kind is {kind!r}; zoo.complexity knows {KINDS}")
-        row = self._row(name, kind, "")
-        row.calls += 1
-        row.macs += macs
-        ops = self.product_ops.setdefault((name, kind), {})
-        ops[op] = ops.get(op, 0) + 1
-        row.op = ", ".join(f"{n} x {o}" for o, n in ops.items())
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inside_layer = bool(self.stack) and isinstance(self.stack[-1][1], SYNAPTIC_LAYERS)
-        if func in _MATMULS and not inside_layer:
-            self._product(None, func.__name__.split(".")[0], _matmul_macs(func, args))
-        elif func is _aten.grid_sampler_2d.default:
-            self._product("deformable_sampling", "grid_sampler_2d", out.numel())
-        return out
+def mac_rows(records: Sequence[OpRecord]) -> List[LayerMacs]:
+    """The records of a :class:`zoo.trace.Trace` summed per (module, kind), in the order they first ran;
+    a product row's ``op`` says which ATen ops it ran and how often."""
+    rows: Dict[Tuple[str, str], LayerMacs] = {}
+    aten_ops: Dict[Tuple[str, str], Dict[str, int]] = {}
+    for record in records:
+        key = (record.name, record.kind)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = LayerMacs(record.name, record.kind, record.op)
+        row.calls += record.calls
+        row.macs += record.macs
+        if record.aten_ops:
+            counts = aten_ops.setdefault(key, {})
+            for op in record.aten_ops:
+                counts[op] = counts.get(op, 0) + 1
+            row.op = ", ".join(f"{n} x {op}" for op, n in counts.items())
+    return list(rows.values())
 
 
 @contextlib.contextmanager
@@ -270,7 +198,6 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
     neurons are reset (a meta forward leaves shape-only membrane states behind).
     """
     height, width = image_size
-    counter = MacCounter(model)
     try:
         with eval_mode_with_time_steps(model, T), \
                 using(model, product_order=product_order_override, mask_order=mask_order_override, compile=False):
@@ -278,16 +205,15 @@ def count_macs(model: nn.Module, image_size: Tuple[int, int] = (512, 512), T: Op
             if device is None:
                 reference = next(model.parameters())
                 image = torch.zeros(1, 3, height, width, device=reference.device, dtype=reference.dtype)
-                with counter:
+                with Trace(model) as trace:
                     model(image, **forward_kwargs)
             else:
                 stand_ins = {name: torch.empty_like(t, device=device)
                              for name, t in [*model.named_parameters(), *model.named_buffers()]}
                 image = torch.zeros(1, 3, height, width, device=device)
-                with counter:
+                with Trace(model) as trace:
                     torch.func.functional_call(model, stand_ins, (image,), forward_kwargs, strict=True)
     finally:
-        counter.remove_hooks()
         functional.reset_net(model)
     name = getattr(getattr(model, "pretrained_cfg", None), "name", "") or type(model).__name__
-    return MacReport(name, (height, width), time_steps, list(counter.rows.values()))
+    return MacReport(name, (height, width), time_steps, mac_rows(trace.records))
