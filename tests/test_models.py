@@ -30,7 +30,7 @@ def test_forward_backward_predict(name, T):
     cfg = model.pretrained_cfg
     images = torch.randn(2, 3, 64, 64)
     out = model(images)
-    if name.startswith("spike2former"):
+    if model.family == "mask_classification":
         logits, masks = out["pred_logits"], out["pred_masks"]
         assert logits.shape == (3, 2, 5, cfg.num_classes + 1)  # initial queries + 2 layers
         assert masks.shape == (3, 2, 5, 32, 32)
