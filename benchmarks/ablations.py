@@ -27,7 +27,7 @@ one with a ``last.pth`` resumes, so the script can be stopped and started again.
 budget (the same ``--set`` overrides); ``--measure-only`` rebuilds the report from what is there without
 training anything. After training, each row's final weights are measured on the first
 ``--images`` validation images at the evaluation size: the pooled firing rate, the mask-embedding
-neuron ``sdme.embed_spike``'s rate (the paper: 0.086 with ME-Shortcut, 0.266 without, both trained) and
+neuron ``sdme.embed_spike``'s rate (the paper: 0.266 with ME-Shortcut, 0.086 without, both trained) and
 the energy per image (``analysis.energy``). The report folder gets ``ablations.csv``, ``README.md``
 (the table beside the paper's deltas) and the degradation plot of the baseline and vanilla_me rows.
 """
