@@ -52,6 +52,8 @@ from recipes.engine import build_val_data  # noqa: E402
 
 EMBED_SPIKE = "sdme.embed_spike"
 PAPER_BASELINE = 46.3  # Spike2Former on ADE20K, mIoU
+PAPER_EMBED_RATES = (0.266, 0.086)  # sdme.embed_spike firing with and without ME-Shortcut, ADE20K
+README_BEGIN, README_END = "<!-- ablations:", "<!-- /ablations -->"
 
 # row -> (recipe, overrides, what changes, paper delta on ADE20K)
 ROWS: Dict[str, Tuple[str, List[str], str, Optional[float]]] = {
@@ -107,17 +109,10 @@ def measure_row(row: str, out: Path, images: Optional[int], budget: str) -> Dict
             "measured_on": time.strftime("%Y-%m-%d")}
 
 
-def earlier_rows(report: Path, budget: str) -> Dict[str, Dict[str, object]]:
-    """The rows of an earlier report, as ``measure_row`` returns them; refused if trained at another budget."""
-    path = report / "ablations.csv"
-    if not path.is_file():
-        return {}
+def read_rows(path: Path) -> List[Dict[str, object]]:
+    """The rows of a report's ``ablations.csv``, typed as ``measure_row`` returns them."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    other = sorted({r["budget"] for r in rows} - {budget})
-    if other:
-        raise SystemExit(f"{path} holds rows trained with --set {other[0]!r}, not {budget!r}: every row must "
-                         "have the same budget; pass that budget or choose another --report folder")
     numbers = ("mIoU", "mAcc", "aAcc", "energy_mj", "firing_rate", "embed_spike_rate", "wall_minutes",
                "paper_delta")
     for r in rows:
@@ -125,6 +120,19 @@ def earlier_rows(report: Path, budget: str) -> Dict[str, Dict[str, object]]:
             r[key] = float(r[key]) if r[key] not in ("", None) else None
         for key in ("iterations", "seed", "measured_images"):
             r[key] = int(r[key])
+    return rows
+
+
+def earlier_rows(report: Path, budget: str) -> Dict[str, Dict[str, object]]:
+    """The rows of an earlier report; refused if trained at another budget."""
+    path = report / "ablations.csv"
+    if not path.is_file():
+        return {}
+    rows = read_rows(path)
+    other = sorted({r["budget"] for r in rows} - {budget})
+    if other:
+        raise SystemExit(f"{path} holds rows trained with --set {other[0]!r}, not {budget!r}: every row must "
+                         "have the same budget; pass that budget or choose another --report folder")
     return {r["row"]: r for r in rows}
 
 
@@ -145,6 +153,29 @@ def degradation(runs: Path, report: Path, images: Optional[int]) -> Optional[Pat
     return report / "degradation.png"
 
 
+def ablation_table(rows: List[Dict[str, object]]) -> str:
+    """The markdown table of the report and of the project README (``--readme``)."""
+    base = next((r for r in rows if r["row"] == "baseline"), None)
+    lines = ["| row | change | val mIoU | vs baseline | paper (ADE20K) | mJ per image | firing rate | "
+             "sdme.embed_spike rate | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "" if base is None or r is base else f"{r['mIoU'] - base['mIoU']:+.1f}"
+        paper = "" if r["paper_delta"] is None else f"{r['paper_delta']:+.1f}"
+        embed = "" if r["embed_spike_rate"] is None else f"{r['embed_spike_rate']:.3f}"
+        lines.append(f"| {r['row']} | {r['change']} | {r['mIoU']:.1f} | {delta} | {paper} | {r['energy_mj']:.3g} | "
+                     f"{r['firing_rate']:.3f} | {embed} | {r['wall_minutes']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, rows: List[Dict[str, object]]) -> None:
+    """Replace the table between ``<!-- ablations:`` and ``<!-- /ablations -->`` in ``readme``."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_BEGIN} ... {README_END} block to hold the table")
+    begin = text.index("\n", text.index(README_BEGIN)) + 1
+    readme.write_text(text[:begin] + ablation_table(rows) + "\n" + text[text.index(README_END):])
+
+
 def write_report(rows: List[Dict[str, object]], report: Path, common: List[str], figure: Optional[Path]) -> None:
     report.mkdir(parents=True, exist_ok=True)
     columns = list(rows[0])
@@ -160,17 +191,18 @@ def write_report(rows: List[Dict[str, object]], report: Path, common: List[str],
              f"{rows[0]['iterations']} iterations with the same recipe settings and seed; val mIoU of the final "
              f"weights on {'the whole val split' if str(rows[0]['val_images']) == 'all' else 'the first ' + str(rows[0]['val_images']) + ' val images'}; "
              f"energy and firing over the first {rows[0]['measured_images']} val images.", "",
-             "| row | change | val mIoU | vs baseline | paper (ADE20K) | mJ per image | firing rate | "
-             "sdme.embed_spike rate | minutes |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = "" if base is None or r is base else f"{r['mIoU'] - base['mIoU']:+.1f}"
-        paper = "" if r["paper_delta"] is None else f"{r['paper_delta']:+.1f}"
-        embed = "" if r["embed_spike_rate"] is None else f"{r['embed_spike_rate']:.3f}"
-        lines.append(f"| {r['row']} | {r['change']} | {r['mIoU']:.1f} | {delta} | {paper} | {r['energy_mj']:.3g} | "
-                     f"{r['firing_rate']:.3f} | {embed} | {r['wall_minutes']} |")
+             *ablation_table(rows).splitlines()]
     if base is not None and seed is not None:
         lines += ["", f"Seed noise: the same baseline with seed 1 differs by {seed['mIoU'] - base['mIoU']:+.1f} "
                       "mIoU; a row's difference smaller than that says nothing about its direction."]
+    vanilla = next((r for r in rows if r["row"] == "vanilla_me"), None)
+    if base is not None and vanilla is not None:
+        with_me, without = base["embed_spike_rate"], vanilla["embed_spike_rate"]
+        lines += ["", f"`{EMBED_SPIKE}` fires at {with_me:.3f} with ME-Shortcut and {without:.3f} without, both "
+                      f"trained: {with_me / without:.2f} times ({PAPER_EMBED_RATES[0] / PAPER_EMBED_RATES[1]:.1f} "
+                      f"times in the paper: {PAPER_EMBED_RATES[0]} with, {PAPER_EMBED_RATES[1]} without)"
+                      + ("." if (with_me > without) == (PAPER_EMBED_RATES[0] > PAPER_EMBED_RATES[1])
+                         else "; the paper's direction does not reproduce here.")]
     missing = [row for row in ROWS if row not in {r["row"] for r in rows}]
     if missing:
         lines += ["", f"Not trained yet: {', '.join(missing)}."]
@@ -189,6 +221,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--images", type=int, default=0, help="val images for firing and energy (0: all)")
     parser.add_argument("--threads", type=int, default=None, help="passed to the training runs")
     parser.add_argument("--measure-only", action="store_true", help="train nothing; measure and report")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the table into this README's <!-- ablations: --> block")
     args = parser.parse_args(argv)
     budget = budget_of(args.set)
     kept = earlier_rows(args.report, budget)
@@ -207,6 +241,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.report.mkdir(parents=True, exist_ok=True)
     figure = degradation(args.runs, args.report, args.images or None) or args.report / "degradation.png"
     write_report(rows, args.report, args.set, figure)
+    if args.readme is not None:
+        update_readme(args.readme, rows)
     print((args.report / "README.md").read_text())
     return 0
 

@@ -468,3 +468,15 @@ def test_readme_model_zoo_table_is_the_registry_s():
     begin = text.index("<!-- model-zoo:")
     table = text[text.index("\n", begin) + 1:text.index("<!-- /model-zoo -->")].strip()
     assert table == model_zoo_table(), "README's model-zoo table is stale: paste zoo.registry.model_zoo_table()"
+
+
+def test_readme_ablation_table_is_the_report_s():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablations", REPO / "benchmarks" / "ablations.py")
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    rows = ablations.read_rows(REPO / "benchmarks" / "reports" / "ablations-camvid" / "ablations.csv")
+    text = (REPO / "README.md").read_text()
+    begin = text.index("\n", text.index(ablations.README_BEGIN)) + 1
+    assert text[begin:text.index(ablations.README_END)].strip() == ablations.ablation_table(rows), (
+        "README's ablation table is stale: run benchmarks/ablations.py --measure-only ... --readme README.md")
