@@ -16,8 +16,10 @@ your own images instead; --weights uses a checkpoint instead of the shipped weig
 Model
   --model      a registered name (zoo.list_models()) or a folder written by save_pretrained (with its weights)
   --weights    a checkpoint loaded strictly: ours (runs/x/best.pth), a saved folder, .safetensors, an official one.
-               Without weights (and without a saved folder) the model has the random initial weights drawn
-               after torch.manual_seed(--seed): the numbers are those of an untrained network.
+               Without --weights a registered name gets its own trained weights (pretrained=True: shipped with
+               the package, or its Hub repo) when it has them, as the notebooks do; `--weights random`, and a
+               name without trained weights, give the random initial weights drawn after
+               torch.manual_seed(--seed): the numbers are those of an untrained network.
   --set K=V    a constructor argument, as a Python literal (repeatable): --set T=2 --set embed_dims=8,16,32,40
 
 Data
@@ -99,6 +101,7 @@ from .masks import query_mask_patterns, write_query_mask_patterns
 PROG = "python -m analysis"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_LIMIT = 20
+RANDOM_WEIGHTS = "random"  # --weights value: the seeded initial weights, even for a name with trained ones
 MASK_EMBEDDING_NEURON = "sdme.embed_spike"
 WITH_SHORTCUT, WITHOUT_SHORTCUT = "ME-Shortcut", "no ME-Shortcut"
 _PJ_PER_MJ = 1e9
@@ -239,21 +242,36 @@ def model_kwargs(items: Sequence[str]) -> Dict[str, object]:
     return apply_overrides({"kwargs": {}}, [f"kwargs.{item}" for item in items])["kwargs"]
 
 
+def _uses_pretrained(source: str, weights: Optional[str]) -> bool:
+    """A registered name without ``--weights`` gets its own trained weights when its config has them."""
+    return weights is None and is_model(source) and zoo.get_pretrained_cfg(source).has_weights
+
+
 def load_model(source: str, weights: Optional[str], kwargs: Dict[str, object], seed: int,
                device: torch.device) -> nn.Module:
-    """``zoo.create(source, **kwargs)`` after seeding, then ``weights`` loaded strictly; in eval mode."""
+    """``zoo.create(source, **kwargs)`` after seeding, with ``weights`` loaded strictly (a checkpoint; None: the
+    name's trained weights if it has them; ``random``: none); in eval mode."""
     path = Path(source)
     if not is_model(source) and path.is_dir() and not (path / CONFIG_NAME).is_file():
         raise UsageError(f"{source} is a folder without {CONFIG_NAME}: pass a registered model name or a folder "
                          "written by save_pretrained")
+    if weights == RANDOM_WEIGHTS and not is_model(source):
+        raise UsageError(f"--weights {RANDOM_WEIGHTS} applies to a registered model name; {source} is a saved "
+                         "folder with its own weights")
+    pretrained = _uses_pretrained(source, weights)
     torch.manual_seed(seed)
     try:
-        model = zoo.create(source, checkpoint_path=weights, **kwargs)
+        model = zoo.create(source, pretrained=pretrained,
+                           checkpoint_path=None if weights == RANDOM_WEIGHTS else weights, **kwargs)
     except TypeError as err:
         if not kwargs:
             raise
         raise UsageError(f"cannot build {source} with --set {kwargs}: {err}") from None
-    except (KeyError, ValueError, OSError, CheckpointMismatchError, WeightsUnavailableError) as err:
+    except CheckpointMismatchError as err:
+        hint = (f" (its trained weights do not fit --set {kwargs}: pass --weights {RANDOM_WEIGHTS} for random "
+                "ones, or a checkpoint)" if pretrained and kwargs else "")
+        raise UsageError(error_message(err) + hint) from None
+    except (KeyError, ValueError, OSError, WeightsUnavailableError) as err:
         raise UsageError(error_message(err)) from None
     return model.to(device).eval()
 
@@ -287,7 +305,13 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
 
 
 def _weights_of(source: str, weights: Optional[str]) -> Optional[str]:
-    """What the model's weights come from: the checkpoint, the saved folder, or None (random)."""
+    """What the model's weights come from: the checkpoint, the saved folder, the name's trained weights, or
+    None (random)."""
+    if weights == RANDOM_WEIGHTS:
+        return None
+    if _uses_pretrained(source, weights):
+        cfg = zoo.get_pretrained_cfg(source)
+        return f"{cfg.name} (pretrained=True: {'shipped with the package' if cfg.shipped_file else cfg.hub_id})"
     return weights or (None if is_model(source) else source)
 
 
@@ -570,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. See `{PROG} --help`.")
         if single_model:
             p.add_argument("--model", required=True, help="a registered model name or a save_pretrained folder")
-        p.add_argument("--weights", help="checkpoint to load (default: the folder's weights, or random ones)")
+        p.add_argument("--weights", help="checkpoint to load, or 'random' (default: the folder's weights, a "
+                                         "name's trained weights when it has them, else random ones)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="a constructor argument as a Python literal (repeatable)")
         p.add_argument("--seed", type=int, default=0, help="torch seed before building a model (random weights)")

@@ -129,9 +129,24 @@ def test_registered_name_with_set_and_weights_equals_the_saved_folder(saved, tmp
     assert summary["models"]["spike2former_camvid"]["weights"] == str(weights)
 
 
+def test_a_name_with_trained_weights_uses_them_unless_random(saved, tmp_path):
+    summary = run("firing", "spike2former_camvid", saved / "images", tmp_path / "trained")
+    model = zoo.create("spike2former_camvid", pretrained=True)
+    report = measure_firing(model, normalised(saved / "images", model), progress=False)
+    assert layer_rows(tmp_path / "trained" / "firing_layers.csv") == expected_layer_rows(report)
+    assert "pretrained=True: shipped" in summary["models"]["spike2former_camvid"]["weights"]
+    assert "pretrained=True: shipped" in (tmp_path / "trained" / "summary.md").read_text()
+
+    run("firing", "spike2former_camvid", saved / "images", tmp_path / "random", "--weights", "random")
+    torch.manual_seed(0)
+    model = zoo.create("spike2former_camvid")
+    report = measure_firing(model, normalised(saved / "images", model), progress=False)
+    assert layer_rows(tmp_path / "random" / "firing_layers.csv") == expected_layer_rows(report)
+
+
 def test_random_weights_come_from_the_seed(saved, tmp_path):
     summary = run("firing", "spike2former_camvid", saved / "images", tmp_path, *_set_args(TINY_SPIKE2FORMER),
-                  "--seed", "3")
+                  "--seed", "3", "--weights", "random")
     torch.manual_seed(3)
     model = zoo.create("spike2former_camvid", **TINY_SPIKE2FORMER)
     report = measure_firing(model, normalised(saved / "images", model), progress=False)
@@ -245,11 +260,14 @@ def test_camvid_recipe_reads_its_val_split(saved, tmp_path, camvid_data):
     (["firing", "--model", "{root}"], "folder without config.json"),
     (["firing", "--weights", "{root}/fpn"], "does not fit Spike2Former"),
     (["firing", "--set", "widths=3"], "unexpected keyword argument 'widths'"),
+    (["firing", "--model", "spike2former_camvid", "--set", "num_queries=7"], "--weights random"),
+    (["firing", "--weights", "random"], "applies to a registered model name"),
     (["firing", "--data", "{root}/images", "--split", "val"], "apply to a recipe"),
     (["masks", "--model", "{root}/fpn"], "predicts no query masks"),
     (["degradation", "--model", "{root}/fpn"], "no ME-Shortcut"),
     (["energy", "--data", "{root}/mixed"], "one size"),
 ], ids=["unknown-model", "missing-folder", "empty-folder", "folder-without-config", "wrong-weights", "bad-set",
+        "set-against-trained-weights", "random-for-a-folder",
         "split-on-folder", "masks-on-spikefpn", "degradation-on-spikefpn", "energy-mixed-sizes"])
 def test_bad_input_exits_with_a_message(saved, tmp_path, capsys, args, message):
     defaults = {"--model": "{root}/s2f", "--data": "{root}/images", "--out": str(tmp_path)}
