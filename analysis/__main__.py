@@ -95,6 +95,7 @@ from .demo import class_pixel_counts, segment_frame, write_demo
 from .export import ExportError, export_run
 from .export import __doc__ as export_doc
 from .energy import E_AC_PJ, E_MAC_PJ, estimate
+from .figures import save_figure
 from .firing import FiringReport, measure_firing
 from .masks import query_mask_patterns, write_query_mask_patterns
 
@@ -359,7 +360,7 @@ def _plot_groups(report: FiringReport, title: str, path: Path) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path, dpi=150)
 
 
 def cmd_firing(args, out: Path) -> int:
@@ -472,7 +473,7 @@ def _plot_parts(parts: Dict[str, Dict[str, float]], title: str, path: Path) -> N
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path, dpi=150)
 
 
 def cmd_energy(args, out: Path) -> int:

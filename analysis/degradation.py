@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 import zoo
 from zoo.hub import load_strict
 
+from .figures import save_figure
 from .firing import FiringReport, ImageSource, measure_firing
 
 __all__ = ["MASK_EMBEDDING_NEURONS", "DegradationPlot", "group_bands", "plot_spike_degradation",
@@ -103,7 +104,7 @@ def plot_spike_degradation(reports: Mapping[str, FiringReport], path: Union[str,
     fig.tight_layout()
     paths = (stem.with_suffix(".png"), stem.with_suffix(".svg"))
     for out in paths:
-        fig.savefig(out, dpi=150)
+        save_figure(fig, out, dpi=150)
     return DegradationPlot(depths, rates, names, bands, stars, paths)
 
 

@@ -26,6 +26,7 @@ from recipes.engine import to_label_size
 from zoo.images import read_rgb
 
 from .energy import estimate
+from .figures import save_figure
 from .firing import FiringRateMonitor, eval_mode
 
 __all__ = ["FrameResult", "predict_labels", "pixel_accuracy", "segment_frame", "class_pixel_counts", "write_demo"]
@@ -137,5 +138,5 @@ def write_demo(results: Sequence[FrameResult], class_names: Sequence[str], palet
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06 * 3 / (len(results) + 1), 1, 0.97))
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from .figures import save_figure
 from .firing import ImageSource, eval_mode, image_batches
 
 __all__ = ["QueryMaskPatterns", "query_mask_patterns", "write_query_mask_patterns"]
@@ -166,5 +167,5 @@ def write_query_mask_patterns(patterns: QueryMaskPatterns, path: Union[str, Path
                       ("classes", _histogram_heatmap(patterns, labels))):
         for ext in ("png", "svg"):
             paths[f"{kind}_{ext}"] = stem.with_name(f"{stem.name}_{kind}.{ext}")
-            fig.savefig(paths[f"{kind}_{ext}"], dpi=150)
+            save_figure(fig, paths[f"{kind}_{ext}"], dpi=150)
     return paths
