@@ -523,7 +523,7 @@ def _demo_model(args) -> nn.Module:
         raise UsageError(f"{args.model} has no trained weights (none ship with the package and its config names "
                          f"no Hub repo): pass --weights CHECKPOINT, or a model whose weights ship: {with_weights}")
     try:
-        model = zoo.create(args.model, pretrained=args.weights is None and is_model(args.model),
+        model = zoo.create(args.model, pretrained=_uses_pretrained(args.model, args.weights),
                            checkpoint_path=args.weights)
     except (KeyError, ValueError, OSError, CheckpointMismatchError, WeightsUnavailableError) as err:
         raise UsageError(error_message(err)) from None
