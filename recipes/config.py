@@ -189,7 +189,8 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
     "loss": {"type": _Check("str", choices=("mask_classification", "per_pixel")),
              "no_object_weight": _Check("float", 0), "class_weight": _Check("float", 0),
              "focal_weight": _Check("float", 0), "dice_weight": _Check("float", 0), "compile": _Check("bool"),
-             "num_points": _Check("int", 1, optional=True)},
+             "num_points": _Check("int", 1, optional=True), "semantic_weight": _Check("float", 0),
+             "semantic_class_weight": _Check("floats", 0, optional=True)},
     "optim": {"lr": _Check("float", 0, low_open=True), "weight_decay": _Check("float", 0),
               "betas": _Check("floats", 0, 1, length=2, high_open=True), "backbone_lr_mult": _Check("float", 0),
               "grad_clip": _Check("float", 0, optional=True, low_open=True), "warmup_iters": _Check("int", 0),
@@ -201,7 +202,9 @@ _SCHEMA: Dict[str, Dict[str, _Check]] = {
 }
 # the per-pixel loss has no mask-classification weights
 _OPTIONAL_KEYS = {"loss.no_object_weight", "loss.class_weight", "loss.focal_weight", "loss.dice_weight",
-                  "loss.compile", "loss.num_points"}
+                  "loss.compile", "loss.num_points", "loss.semantic_weight", "loss.semantic_class_weight"}
+# keys added after runs were saved: a recipe (or a checkpoint's recipe) without them has these values
+_LATER_DEFAULTS = {"loss.semantic_weight": 0.0, "loss.semantic_class_weight": None}
 # sections holding free-form dicts: model.kwargs (the model's arguments) and train.execution (the
 # zoo.ExecutionOptions fields of the training forwards); --set may add keys to them
 _OPEN_SECTIONS = ("kwargs", "execution")
@@ -222,6 +225,9 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
         recipe["train"].setdefault("execution", {})
     if isinstance(recipe.get("data"), dict):
         recipe["data"].setdefault("scale_mode", "choice")
+    if isinstance(recipe.get("loss"), dict) and recipe["loss"].get("type") == "mask_classification":
+        for dotted, value in _LATER_DEFAULTS.items():
+            recipe["loss"].setdefault(dotted.split(".", 1)[1], value)
     problems: List[str] = []
     for section in sorted(set(recipe) - set(_SCHEMA) - {"name"}):
         problems.append(f"{section}: not a section of a recipe (sections: {sorted(_SCHEMA)})")
@@ -289,6 +295,8 @@ RESUMABLE_KEYS = ("name", "train.iters", "train.eval_interval", "train.checkpoin
 def resume_changes(saved: Dict[str, Any], recipe: Dict[str, Any]) -> Tuple[List[str], List[str]]:
     """Keys whose values differ between a checkpoint's recipe and ``recipe``: (allowed, refused) on resume."""
     before, after = _flatten(saved), _flatten(recipe)
+    if before.get("loss.type") == "mask_classification":
+        before = {**_LATER_DEFAULTS, **before}
     changed = sorted(k for k in set(before) | set(after) if before.get(k, "<absent>") != after.get(k, "<absent>"))
     allowed = [k for k in changed if k in RESUMABLE_KEYS]
     refused = [f"{k}: {before.get(k, '<absent>')!r} in the checkpoint, {after.get(k, '<absent>')!r} now"

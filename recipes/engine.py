@@ -315,7 +315,8 @@ def build_criterion(recipe: Dict[str, Any], num_classes: int):
     return losses.SetCriterion(num_classes, match, no_object_weight=loss["no_object_weight"],
                                class_weight=loss["class_weight"], focal_weight=loss["focal_weight"],
                                dice_weight=loss["dice_weight"], compile_mask_losses=loss.get("compile", False),
-                               num_points=loss.get("num_points"))
+                               num_points=loss.get("num_points"), semantic_weight=loss.get("semantic_weight", 0.0),
+                               semantic_class_weight=loss.get("semantic_class_weight"))
 
 
 def _targets(batch: Dict[str, Any], device):

@@ -18,6 +18,15 @@
   gets the three losses, equally weighted; the last is reported as
   ``loss_*``, the earlier ones as ``d{i}.loss_*``; ``loss`` is the total.
 
+Semantic loss (``semantic_weight > 0``; not in the paper nor the official code, off by default):
+``loss_sem``, a per-pixel cross-entropy of the last prediction's semantic scores, the very scores semantic
+inference takes the arg-max of, ``S_c(p) = sum_q softmax(cls_q)[c] sigmoid(m_q(p))``. The scores are
+normalised over the K classes, ``P_c = S_c / sum_k S_k``, bilinearly upsampled to the label's (padded)
+resolution, and the loss is ``semantic_weight x`` the weighted mean of ``-log P_y`` over the valid pixels,
+with per-class weights ``semantic_class_weight`` (e.g. :func:`median_frequency_weights`). The set losses
+give every matched mask the same weight whatever its area, but a class whose masks never localise
+(thin poles and signs) costs them little; this term charges every pixel of the arg-max the metric scores.
+
 Ignored pixels (deviation from the official code, which treats them as
 background of every mask): pixels labelled ``ignore_index`` -- and the padding
 the model adds to reach a multiple of 32 -- contribute nothing to the mask
@@ -49,7 +58,7 @@ it when the labels are already at the padded size or the model does not pad).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -58,6 +67,7 @@ import torch.nn.functional as F
 from .matcher import HungarianMatcher, semantic_to_targets
 
 __all__ = ["SetCriterion", "PerPixelCrossEntropy", "sigmoid_focal_loss", "dice_loss", "align_to_label",
+           "semantic_score_loss", "median_frequency_weights", "targets_to_semantic",
            "matched_mask_losses", "point_mask_losses", "sample_uncertain_points", "sample_logits", "sample_masks"]
 
 
@@ -301,6 +311,68 @@ def point_mask_losses(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tenso
     return focal, dice_loss(x, t, v, eps)
 
 
+def median_frequency_weights(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int = 255
+                             ) -> torch.Tensor:
+    """Median frequency balancing (Eigen & Fergus 2015, as SegNet weights CamVid): ``w_c = median(f) / f_c``.
+
+    ``f_c`` is the pixel count of class c divided by the pixel count of the label maps in which c appears
+    (ignored pixels count nowhere); the median runs over the classes that appear (the lower middle
+    value for an even count). A class that never
+    appears gets weight 0 (nothing to learn it from). ``labels``: label maps of any shape, values in
+    ``0..num_classes-1`` or ``ignore_index``.
+    """
+    class_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for label in labels:
+        label = torch.as_tensor(label).flatten().long()
+        label = label[label != ignore_index]
+        if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
+            raise ValueError(f"label values must lie in 0..{num_classes - 1} or be {ignore_index}; got "
+                             f"{sorted(set(label.unique().tolist()) - set(range(num_classes)))[:5]}")
+        counts = torch.bincount(label, minlength=num_classes).double()
+        class_pixels += counts
+        image_pixels += (counts > 0).double() * label.numel()
+    present = class_pixels > 0
+    if not bool(present.any()):
+        raise ValueError("no labelled pixel in the label maps: cannot weigh the classes")
+    frequency = torch.where(present, class_pixels / image_pixels.clamp_min(1), torch.zeros_like(class_pixels))
+    weights = torch.where(present, frequency[present].median() / frequency.clamp_min(1e-300),
+                          torch.zeros_like(frequency))
+    return weights.float()
+
+
+def targets_to_semantic(labels: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """A label map [H, W] from per-segment ``labels`` [N] and non-overlapping ``masks`` [N, H, W]: each pixel
+    takes its segment's class, ``ignore_index`` where no segment covers it or ``valid`` is False."""
+    if masks.shape[0] == 0:
+        return torch.full(valid.shape, ignore_index, dtype=torch.long, device=valid.device)
+    covered = masks.any(0) & valid
+    label = labels.long()[masks.to(torch.uint8).argmax(0)]
+    return torch.where(covered, label, torch.full_like(label, ignore_index))
+
+
+def semantic_score_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, label: torch.Tensor,
+                        class_weight: Optional[torch.Tensor] = None, ignore_index: int = 255,
+                        eps: float = 1e-6) -> torch.Tensor:
+    """Cross-entropy of the normalised semantic scores (module docstring, "Semantic loss").
+
+    ``class_logits`` [B, Q, K+1], ``mask_logits`` [B, Q, h, w], ``label`` [B, H, W] at the padded size
+    (H, W multiples of h, w: the scores are upsampled bilinearly to it). The mean over non-ignored pixels,
+    weighted by ``class_weight`` [K] when given; 0 (with a graph) when every pixel is ignored.
+    """
+    probs = class_logits.float().softmax(-1)[..., :-1]
+    scores = torch.einsum("bqc,bqhw->bchw", probs, mask_logits.float().sigmoid())
+    scores = scores / scores.sum(1, keepdim=True).clamp_min(eps)
+    if tuple(scores.shape[-2:]) != tuple(label.shape[-2:]):
+        scores = F.interpolate(scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
+    label = label.long()
+    if not bool((label != ignore_index).any()):
+        return scores.sum() * 0.0
+    weight = None if class_weight is None else class_weight.to(scores.device, torch.float32)
+    return F.nll_loss(scores.clamp_min(eps).log(), label, weight=weight, ignore_index=ignore_index)
+
+
 class SetCriterion:
     """Spike2Former's loss: Hungarian matching + CE / focal / dice on every prediction.
 
@@ -317,7 +389,8 @@ class SetCriterion:
                  no_object_weight: float = 0.1, class_weight: float = 1.0, focal_weight: float = 20.0,
                  dice_weight: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  dice_eps: float = 1.0, mask_stride: Optional[int] = 2, compile_mask_losses: bool = False,
-                 num_points: Optional[int] = None):
+                 num_points: Optional[int] = None, semantic_weight: float = 0.0,
+                 semantic_class_weight: Optional[Sequence[float]] = None):
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher()
         self.no_object_weight = no_object_weight
@@ -326,13 +399,20 @@ class SetCriterion:
         self.mask_stride = mask_stride
         self.compile_mask_losses = compile_mask_losses
         self.num_points = num_points
+        self.semantic_weight = semantic_weight
+        self.semantic_class_weight = (None if semantic_class_weight is None
+                                      else torch.as_tensor(semantic_class_weight, dtype=torch.float32))
+        if self.semantic_class_weight is not None and self.semantic_class_weight.shape != (num_classes,):
+            raise ValueError(f"semantic_class_weight needs one weight per class ({num_classes}), got "
+                             f"{tuple(self.semantic_class_weight.shape)}")
         self.empty_weight = torch.ones(num_classes + 1)
         self.empty_weight[-1] = no_object_weight
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_classes={self.num_classes}, matcher={self.matcher!r}, "
                 f"no_object_weight={self.no_object_weight}, class_weight={self.class_weight}, "
-                f"focal_weight={self.focal_weight}, dice_weight={self.dice_weight})")
+                f"focal_weight={self.focal_weight}, dice_weight={self.dice_weight}"
+                + (f", semantic_weight={self.semantic_weight}" if self.semantic_weight else "") + ")")
 
     # ------------------------------------------------------------------ targets
     def prepare_targets(self, targets, mask_size: Tuple[int, int], ignore_index: int = 255,
@@ -449,6 +529,11 @@ class SetCriterion:
             for key, value in self.layer_losses(class_logits[layer], mask_logits[layer], prepared,
                                                 indices[layer], num_matched[layer]).items():
                 losses[prefix + key] = value
+        if self.semantic_weight:
+            label = torch.stack([targets_to_semantic(labels, masks, valid, ignore_index)
+                                 for labels, masks, valid in prepared])
+            losses["loss_sem"] = self.semantic_weight * semantic_score_loss(
+                class_logits[-1], mask_logits[-1], label, self.semantic_class_weight, ignore_index)
         losses["loss"] = sum(losses.values())
         return losses
 

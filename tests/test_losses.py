@@ -341,3 +341,85 @@ def test_point_sampled_criterion_trains_and_draws_from_the_global_rng():
     assert float(first["loss"].detach()) == float(again["loss"].detach())
     first["loss"].backward()
     assert masks.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ semantic-score loss and class weights
+
+def test_median_frequency_weights_against_counting_by_hand():
+    # class 0: 6 pixels over both maps (8 labelled pixels each... counted by hand below), class 3 never
+    a = torch.tensor([[0, 0, 0, 1], [0, 0, 2, 255]])
+    b = torch.tensor([[0, 1, 1, 1], [255, 255, 255, 255]])
+    # class 0: 5 + 1 = 6 pixels in maps of 7 + 4 labelled pixels; class 1: 1 + 3 = 4 of 7 + 4; class 2: 1 of 7
+    freq = {0: 6 / 11, 1: 4 / 11, 2: 1 / 7}
+    median = sorted(freq.values())[1]
+    expected = [median / freq[0], median / freq[1], median / freq[2], 0.0]
+    got = losses_module.median_frequency_weights([a, b], num_classes=4)
+    assert got.tolist() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="0..3"):
+        losses_module.median_frequency_weights([torch.tensor([4])], num_classes=4)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        losses_module.median_frequency_weights([torch.full((2, 2), 255)], num_classes=4)
+
+
+def test_targets_to_semantic_inverts_semantic_to_targets():
+    label = torch.tensor([[0, 2, 2], [255, 1, 0]])
+    labels, masks = semantic_to_targets(label, 255)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    expected = label.clone()
+    expected[0, 2] = 255
+    assert torch.equal(losses_module.targets_to_semantic(labels, masks, valid), expected)
+    empty = losses_module.targets_to_semantic(torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, 3, dtype=torch.bool),
+                                              valid)
+    assert bool((empty == 255).all())
+
+
+def test_semantic_score_loss_equals_a_pixel_loop():
+    torch.manual_seed(0)
+    B, Q, K, h, w = 2, 3, 4, 2, 3
+    cls = torch.randn(B, Q, K + 1)
+    masks = torch.randn(B, Q, h, w)
+    label = torch.randint(0, K, (B, h, w))
+    label[0, 0, 0] = 255
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    total, norm = 0.0, 0.0
+    for b in range(B):
+        for y in range(h):
+            for x in range(w):
+                c = int(label[b, y, x])
+                if c == 255:
+                    continue
+                scores = [sum(float(cls[b, q].softmax(0)[k]) * _sigmoid(float(masks[b, q, y, x])) for q in range(Q))
+                          for k in range(K)]
+                total += -float(weight[c]) * math.log(scores[c] / sum(scores))
+                norm += float(weight[c])
+    got = losses_module.semantic_score_loss(cls, masks, label, weight)
+    assert float(got) == pytest.approx(total / norm, rel=1e-5)
+    # at twice the resolution the normalised scores are upsampled bilinearly before the loss
+    big = torch.randint(0, K, (B, 2 * h, 2 * w))
+    scores = torch.einsum("bqc,bqhw->bchw", cls.softmax(-1)[..., :-1], masks.sigmoid())
+    up = F.interpolate(scores / scores.sum(1, keepdim=True), scale_factor=2, mode="bilinear", align_corners=False)
+    expected = F.nll_loss(up.log(), big)
+    assert float(losses_module.semantic_score_loss(cls, masks, big)) == pytest.approx(float(expected), rel=1e-5)
+    all_ignored = losses_module.semantic_score_loss(cls.requires_grad_(), masks, torch.full((B, h, w), 255))
+    assert float(all_ignored) == 0.0 and all_ignored.requires_grad
+
+
+def test_criterion_adds_the_weighted_semantic_loss_of_the_last_prediction():
+    torch.manual_seed(1)
+    L, B, Q, K, h, w = 2, 2, 4, 3, 4, 4
+    cls = torch.randn(L, B, Q, K + 1, requires_grad=True)
+    masks = torch.randn(L, B, Q, h, w, requires_grad=True)
+    label = torch.randint(0, K, (B, 2 * h - 1, 2 * w))  # one row short: padded with ignore to 2h
+    weight = [0.5, 1.0, 4.0]
+    plain = SetCriterion(K)(dict(pred_logits=cls, pred_masks=masks), label)
+    with_sem = SetCriterion(K, semantic_weight=2.0, semantic_class_weight=weight)(
+        dict(pred_logits=cls, pred_masks=masks), label)
+    padded = F.pad(label, (0, 0, 0, 1), value=255)
+    expected = 2.0 * losses_module.semantic_score_loss(cls[-1], masks[-1], padded, torch.tensor(weight))
+    assert float(with_sem["loss_sem"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(with_sem["loss"]) == pytest.approx(float(plain["loss"] + expected), rel=1e-6)
+    assert "loss_sem" not in plain
+    with_sem["loss"].backward()
+    assert cls.grad[-1].abs().sum() > 0 and masks.grad[-1].abs().sum() > 0
+    with pytest.raises(ValueError, match="one weight per class"):
+        SetCriterion(K, semantic_weight=1.0, semantic_class_weight=[1.0, 2.0])

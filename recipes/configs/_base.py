@@ -11,9 +11,11 @@ OPTIM = dict(lr=1e-3, weight_decay=5e-3, betas=(0.9, 0.999), backbone_lr_mult=0.
              warmup_iters=1500, poly_power=1.0, poly_iters=None,
              no_decay=("query_feat", "query_pos", "level_embed"))
 # compile: the fused mask-loss terms through torch.compile (same losses, faster on CPU);
-# num_points: None = at every pixel of the label, as the official code; N = at N sampled points per mask
+# num_points: None = at every pixel of the label, as the official code; N = at N sampled points per mask;
+# semantic_weight: 0 = off, as the official code; > 0 adds recipes.losses' semantic-score cross-entropy,
+# weighted per class by semantic_class_weight (None: equal weights)
 MASK_LOSS = dict(type="mask_classification", no_object_weight=0.1, class_weight=1.0, focal_weight=20.0,
-                 dice_weight=1.0, compile=True, num_points=None)
+                 dice_weight=1.0, compile=True, num_points=None, semantic_weight=0.0, semantic_class_weight=None)
 PIXEL_LOSS = dict(type="per_pixel")
 # ADE20K-style multi-scale training: short side int(x * 0.1 * 640), x = 5..20
 ADE_SCALES = tuple(int(x * 0.1 * 640) for x in range(5, 21))

@@ -1,4 +1,4 @@
-"""``python -m recipes.datasets``: convert Cityscapes and SBD labels, check a dataset folder."""
+"""``python -m recipes.datasets``: convert Cityscapes and SBD labels, check a dataset folder, weigh its classes."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("root")
     p.add_argument("split", nargs="?", default="train")
     p.add_argument("-n", type=int, default=3)
+    p = sub.add_parser("class-weights", help="median-frequency class weights of a split, for "
+                       "--set loss.semantic_class_weight=...")
+    p.add_argument("name", choices=sorted(DATASET_CLASSES))
+    p.add_argument("root")
+    p.add_argument("split", nargs="?", default="train")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.cmd == "cityscapes-trainids":
@@ -36,6 +41,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.cmd == "voc-sbd":
         n = convert_voc_sbd(args.sbd_root, args.voc_root, args.overwrite)
         print(f"wrote {n} label PNGs and ImageSets/Segmentation/train_aug.txt")
+    elif args.cmd == "class-weights":
+        from tqdm import tqdm
+
+        from ..losses import median_frequency_weights
+        ds = build_dataset(args.name, args.root, args.split)
+        labels = (ds[i]["label"] for i in tqdm(range(len(ds)), desc=f"{args.name} {args.split} labels",
+                                                 file=sys.stderr))
+        weights = median_frequency_weights(labels, ds.num_classes)
+        for name, weight in zip(ds.classes, weights.tolist()):
+            print(f"# {name}: {weight:.4f}")
+        print("(" + ", ".join(f"{w:.4f}" for w in weights.tolist()) + ")")
     else:
         ds = build_dataset(args.name, args.root, args.split)
         print(ds)
