@@ -265,6 +265,28 @@ def test_camvid_out_of_range_and_skip_bad(camvid_root, caplog):
     assert "0001TP_000000.png" in caplog.text
 
 
+def test_class_weights_command_prints_median_frequency_weights(tmp_path, capsys):
+    from recipes.datasets.__main__ import main
+    maps = [_map(0, 0, 0, 1, 11, 11), _map(0, 2, 2, 2, 2, 11)]
+    for i, label in enumerate(maps):
+        _rgb(str(tmp_path / "train" / f"{i}.png"))
+        _label(str(tmp_path / "trainannot" / f"{i}.png"), label)
+    assert main(["class-weights", "camvid", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    got = [float(v) for v in printed.strip("()").split(",")]
+    # by hand: f_c = pixels of c / labelled pixels of the maps holding c (void = 11 counts nowhere)
+    stacked = np.stack(maps)
+    labelled = [(m != 11).sum() for m in maps]
+    freq = {}
+    for c in range(11):
+        holding = sum(n for m, n in zip(maps, labelled) if (m == c).any())
+        if holding:
+            freq[c] = (stacked == c).sum() / holding
+    median = sorted(freq.values())[len(freq) // 2]
+    expected = [round(median / freq[c], 4) if c in freq else 0.0 for c in range(11)]
+    assert got == pytest.approx(expected, abs=1e-4) and len(set(got)) > 2
+
+
 def test_camvid_list_names_missing_file(camvid_root):
     with open(camvid_root / "train.txt", "a") as fh:
         fh.write("train/0001TP_000003.png trainannot/missing.png\n")
