@@ -86,6 +86,7 @@ import zoo  # noqa: E402
 from recipes.config import DATA_ENV, apply_overrides, dataset_path, error_message, list_recipes, load_recipe  # noqa: E402
 from recipes.datasets import DatasetError, build_dataset  # noqa: E402
 from recipes.transforms import Normalize, build_transforms, short_side_size  # noqa: E402
+from zoo.figures import save_figure  # noqa: E402
 from zoo.hub import CONFIG_NAME, CheckpointMismatchError, WeightsUnavailableError  # noqa: E402
 from zoo.images import ImageReadError, read_rgb  # noqa: E402
 from zoo.registry import SHIPPED_WEIGHTS, is_model  # noqa: E402
@@ -95,7 +96,6 @@ from .demo import class_pixel_counts, segment_frame, write_demo
 from .export import ExportError, export_run
 from .export import __doc__ as export_doc
 from .energy import E_AC_PJ, E_MAC_PJ, estimate
-from .figures import save_figure
 from .firing import FiringReport, measure_firing
 from .masks import query_mask_patterns, write_query_mask_patterns
 

@@ -29,9 +29,9 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 import zoo
+from zoo.figures import save_figure
 from zoo.hub import load_strict
 
-from .figures import save_figure
 from .firing import FiringReport, ImageSource, measure_firing
 
 __all__ = ["MASK_EMBEDDING_NEURONS", "DegradationPlot", "group_bands", "plot_spike_degradation",

@@ -23,10 +23,10 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from recipes.engine import to_label_size
+from zoo.figures import save_figure
 from zoo.images import read_rgb
 
 from .energy import estimate
-from .figures import save_figure
 from .firing import FiringRateMonitor, eval_mode
 
 __all__ = ["FrameResult", "predict_labels", "pixel_accuracy", "segment_frame", "class_pixel_counts", "write_demo"]

@@ -37,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from .figures import save_figure
+from zoo.figures import save_figure
+
 from .firing import ImageSource, eval_mode, image_batches
 
 __all__ = ["QueryMaskPatterns", "query_mask_patterns", "write_query_mask_patterns"]

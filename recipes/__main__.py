@@ -182,8 +182,9 @@ def cmd_plot(args) -> int:
     fig.tight_layout()
     out = Path(args.out) if args.out else run
     out.mkdir(parents=True, exist_ok=True)
+    from zoo.figures import save_figure
     for suffix in ("png", "svg"):
-        fig.savefig(out / f"training_curve.{suffix}", dpi=120)
+        save_figure(fig, out / f"training_curve.{suffix}", dpi=120)
     print(f"wrote {out}/training_curve.png and .svg")
     return 0
 

@@ -125,6 +125,9 @@ def test_nothing_to_train_is_an_error(camvid_fixture, tmp_path):
     assert main(["plot", str(tmp_path / "run")]) == 0
     png = (tmp_path / "run" / "training_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    svg = (tmp_path / "run" / "training_curve.svg").read_bytes()
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "training_curve.svg").read_bytes() == svg  # reports kept in git diff cleanly
 
 
 def _cli(args, env_extra=None, cwd=REPO, timeout=300):
