@@ -250,6 +250,18 @@ def test_save_pretrained_on_a_full_disk_says_so_and_leaves_the_old_save(tiny_reg
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temporary file, old save intact
 
 
+def test_saved_files_get_the_mode_open_would_give_not_mkstemps_private_one(tiny_registry, tmp_path):
+    import os
+    import stat
+    previous = os.umask(0o022)
+    try:
+        saved = zoo.create("tiny_seg.a").save_pretrained(tmp_path / "saved")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in saved.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
 def test_save_pretrained_on_a_real_full_filesystem(tiny_registry, tmp_path):
     """A 64 KiB tmpfs: safetensors' own writer reports a full disk as a SafetensorError, not an OSError."""
     import errno

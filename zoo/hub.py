@@ -186,9 +186,13 @@ def write_files_atomically(contents: Dict[Path, Union[bytes, memoryview]], retry
     re-raised with a message that names the folder, says what is intact and ends with ``retry_hint``.
     """
     temporaries: Dict[Path, str] = {}
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, data in contents.items():
             fd, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            if hasattr(os, "fchmod"):  # mkstemp's files are private (0600); give the mode open() would give
+                os.fchmod(fd, 0o666 & ~umask)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

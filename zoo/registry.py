@@ -309,7 +309,7 @@ def model_zoo_table() -> str:
         miou = cfg.metrics.get("val", {}).get("mIoU")
         rows.append([model, f"{cfg.dataset} ({cfg.num_classes})", f"{cfg.T}x{cfg.D}", f"{cfg.params:,}",
                      "" if cfg.macs is None else f"{cfg.macs:g}", weights, "" if miou is None else f"{miou:.1f}",
-                     "" if cfg.energy_mj is None else f"{cfg.energy_mj:.3g}", _paper_figures(cfg.paper)])
+                     "" if cfg.energy_mj is None else f"{cfg.energy_mj:#.3g}", _paper_figures(cfg.paper)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
