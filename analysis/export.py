@@ -11,8 +11,9 @@ the model's pretrained config when the package is imported (:mod:`zoo.registry`)
 - ``metrics``: the run's final validation metrics (mIoU, mAcc, aAcc, per-class IoU and accuracy);
 - ``firing_rate`` and ``energy_mj``: measured here over the first ``--images`` validation images at
   the evaluation size (pooled firing rate of every spiking neuron; energy per image, analysis.energy);
-- ``training``: recipe, the command that reproduces the run, iterations, epochs, wall time (from
-  the run's first start to its ``metrics.json``, stops and resumes included; ``starts`` counts them),
+- ``training``: recipe, the command that reproduces the run, iterations, epochs, wall time (while it
+  ran: the sum over its starts, so a run stopped in one session and resumed in the next is not charged
+  for the pause; ``starts`` counts them; :func:`running_seconds`),
   seconds per iteration, machine, date, and a ``history`` the caller gives (``--history``);
 - ``sample_predictions``: how many pixels of each class the weights predict on each frame bundled
   in ``zoo/samples/<dataset>``, so that a test can tell when weights and code drift apart.
@@ -45,7 +46,7 @@ from .demo import class_pixel_counts, pixel_accuracy, predict_labels, read_label
 from .energy import estimate
 from .firing import FiringReport, measure_firing
 
-__all__ = ["ExportError", "export_run", "measure_on_val", "reproducing_command", "run_started",
+__all__ = ["ExportError", "export_run", "measure_on_val", "reproducing_command", "run_started", "running_seconds",
            "sample_prediction_drift"]
 
 RUN_FILES = ("config.json", "metrics.json", "log.csv")
@@ -134,6 +135,24 @@ def run_started(run: Path) -> Tuple[dt.datetime, int]:
     return dt.datetime.fromtimestamp((run / "config.json").stat().st_mtime, dt.timezone.utc), 1
 
 
+def running_seconds(run: Path) -> float:
+    """How long the run was running: the sum over its starts of the time from each start (its TensorBoard
+    event file's creation) to that start's last write (the file's modification time; the last start's end
+    is ``metrics.json``'s time when later). Pauses between a stop and a resume, e.g. across sessions, do
+    not count. Without event files: ``config.json``'s time to ``metrics.json``'s."""
+    finished = (run / "metrics.json").stat().st_mtime
+    segments = []
+    for path in (run / "tensorboard").glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            segments.append((int(field), path.stat().st_mtime))
+    if not segments:
+        return max(0.0, finished - (run / "config.json").stat().st_mtime)
+    segments.sort()
+    *earlier, (last_start, last_end) = segments
+    return sum(max(0.0, end - start) for start, end in earlier) + max(0.0, max(last_end, finished) - last_start)
+
+
 def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, checkpoint: str = "last.pth",
                images: Optional[int] = None, progress: bool = True, history: Optional[str] = None
                ) -> Tuple[Path, Path]:
@@ -176,7 +195,7 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
     final = metrics["final"]
     names = list(cfg.class_names)
     seconds = [float(row[3]) for row in log]
-    started, starts = run_started(run)
+    _, starts = run_started(run)
     finished = dt.datetime.fromtimestamp((run / "metrics.json").stat().st_mtime, dt.timezone.utc)
     batch = int(recipe["data"]["batch_size"])
     train_images = len(build_train_data(recipe, model)[0])
@@ -194,7 +213,7 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
             "recipe": recipe["name"], "command": reproducing_command(recipe),
             "iterations": iters, "batch_size": batch, "epochs": round(iters * batch / train_images, 1),
             "seed": recipe["train"]["seed"], "weights": f"final ({checkpoint} at iteration {iters})",
-            "wall_minutes": round((finished - started).total_seconds() / 60, 1), "starts": starts,
+            "wall_minutes": round(running_seconds(run) / 60, 1), "starts": starts,
             "seconds_per_iteration_median": round(statistics.median(seconds), 3) if seconds else None,
             "machine": _machine(), "date": finished.date().isoformat(),
             "measured_over": f"firing_rate and energy_mj: mean over the first {count} {recipe['data']['val_split']} "

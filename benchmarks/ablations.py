@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import zoo  # noqa: E402
 from analysis.degradation import spike_degradation  # noqa: E402
-from analysis.export import measure_on_val, run_started  # noqa: E402
+from analysis.export import measure_on_val, running_seconds  # noqa: E402
 from recipes.engine import build_val_data  # noqa: E402
 
 EMBED_SPIKE = "sdme.embed_spike"
@@ -96,7 +96,7 @@ def measure_row(row: str, out: Path, images: Optional[int], budget: str) -> Dict
     model = zoo.create(recipe["model"]["name"], checkpoint_path=out / "last.pth", **recipe["model"]["kwargs"]).eval()
     firing, energy, count = measure_on_val(model, recipe, images)
     names = {layer.name for layer in firing.layers}
-    wall = (out / "metrics.json").stat().st_mtime - run_started(out)[0].timestamp()  # resumes included
+    wall = running_seconds(out)
     _, overrides, change, paper = ROWS[row]
     val_limit = recipe["data"].get("val_limit")
     return {"row": row, "change": change, "recipe": recipe["name"], "overrides": " ".join(overrides),

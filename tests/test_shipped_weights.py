@@ -176,3 +176,25 @@ def test_demo_cli_segments_the_bundled_frames_with_shipped_weights(trained_run, 
         assert 0 < row["firing_rate"] < 4 and row["energy_mj"] > 0
     assert (out / "demo.png").stat().st_size > 10_000
     assert len((out / "demo.csv").read_text().splitlines()) == 1 + len(frames)
+
+
+def test_running_time_counts_each_start_and_not_the_pause_between_sessions(tmp_path):
+    import os
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    t0 = 1_800_000_000
+    # first start ran 600 s, then a 10-hour pause, then a resume that ran 900 s and wrote metrics.json
+    first = run / "tensorboard" / f"events.out.tfevents.{t0}.host.1.0"
+    second = run / "tensorboard" / f"events.out.tfevents.{t0 + 600 + 36_000}.host.1.0"
+    for path, end in ((first, t0 + 600), (second, t0 + 36_600 + 890)):
+        path.write_bytes(b"")
+        os.utime(path, (end, end))
+    (run / "metrics.json").write_text("{}")
+    os.utime(run / "metrics.json", (t0 + 36_600 + 900,) * 2)
+    assert export_mod.running_seconds(run) == pytest.approx(600 + 900)
+    assert export_mod.run_started(run)[1] == 2
+    for path in (first, second):        # without event files: config.json's time to metrics.json's
+        path.unlink()
+    os.utime(run / "config.json", (t0 + 36_000,) * 2)
+    assert export_mod.running_seconds(run) == pytest.approx(1500)
