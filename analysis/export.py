@@ -121,35 +121,37 @@ def measure_on_val(model: torch.nn.Module, recipe: Dict[str, Any], images: Optio
     return firing, statistics.fmean(energies), count
 
 
-def run_started(run: Path) -> Tuple[dt.datetime, int]:
-    """When the run started and how many times it was started (once, plus once per ``--resume``): every
-    start opens a TensorBoard event file named after its creation time; without them, ``config.json``'s
-    time (rewritten by each resume, so only right for a run that never resumed)."""
-    stamps = []
+def _starts(run: Path) -> List[Tuple[int, float]]:
+    """``(start, last write)`` in seconds since the epoch, per start of the run, in order: every start opens
+    a TensorBoard event file named after its creation time, and its modification time is its last write."""
+    starts = []
     for path in (run / "tensorboard").glob("events.out.tfevents.*"):
         field = path.name.split(".")[3]
         if field.isdigit():
-            stamps.append(int(field))
-    if stamps:
-        return dt.datetime.fromtimestamp(min(stamps), dt.timezone.utc), len(stamps)
+            starts.append((int(field), path.stat().st_mtime))
+    return sorted(starts)
+
+
+def run_started(run: Path) -> Tuple[dt.datetime, int]:
+    """When the run started and how many times it was started (once, plus once per ``--resume``), from
+    its TensorBoard event files; without them, ``config.json``'s time (rewritten by each resume, so only
+    right for a run that never resumed)."""
+    starts = _starts(run)
+    if starts:
+        return dt.datetime.fromtimestamp(starts[0][0], dt.timezone.utc), len(starts)
     return dt.datetime.fromtimestamp((run / "config.json").stat().st_mtime, dt.timezone.utc), 1
 
 
 def running_seconds(run: Path) -> float:
-    """How long the run was running: the sum over its starts of the time from each start (its TensorBoard
-    event file's creation) to that start's last write (the file's modification time; the last start's end
-    is ``metrics.json``'s time when later). Pauses between a stop and a resume, e.g. across sessions, do
-    not count. Without event files: ``config.json``'s time to ``metrics.json``'s."""
+    """How long the run was running: the sum over its starts of the time from each start to that start's
+    last write (the last start's end is ``metrics.json``'s time when later). Pauses between a stop and a
+    resume, e.g. across sessions, do not count. Without event files: ``config.json``'s time to
+    ``metrics.json``'s."""
     finished = (run / "metrics.json").stat().st_mtime
-    segments = []
-    for path in (run / "tensorboard").glob("events.out.tfevents.*"):
-        field = path.name.split(".")[3]
-        if field.isdigit():
-            segments.append((int(field), path.stat().st_mtime))
-    if not segments:
+    starts = _starts(run)
+    if not starts:
         return max(0.0, finished - (run / "config.json").stat().st_mtime)
-    segments.sort()
-    *earlier, (last_start, last_end) = segments
+    *earlier, (last_start, last_end) = starts
     return sum(max(0.0, end - start) for start, end in earlier) + max(0.0, max(last_end, finished) - last_start)
 
 

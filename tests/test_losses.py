@@ -346,7 +346,7 @@ def test_point_sampled_criterion_trains_and_draws_from_the_global_rng():
 # ------------------------------------------------------------------ semantic-score loss and class weights
 
 def test_median_frequency_weights_against_counting_by_hand():
-    # class 0: 6 pixels over both maps (8 labelled pixels each... counted by hand below), class 3 never
+    # two maps with ignored pixels; class 3 never appears
     a = torch.tensor([[0, 0, 0, 1], [0, 0, 2, 255]])
     b = torch.tensor([[0, 1, 1, 1], [255, 255, 255, 255]])
     # class 0: 5 + 1 = 6 pixels in maps of 7 + 4 labelled pixels; class 1: 1 + 3 = 4 of 7 + 4; class 2: 1 of 7
