@@ -80,7 +80,9 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
                 raise RecipeError(f"--set {dotted}: {key!r} is not a section of the recipe; "
                                   f"the sections here are {sections}")
             node = node[key]
-        if keys[-1] not in node and not (len(keys) > 1 and keys[-2] in _OPEN_SECTIONS):
+        # the per-pixel loss section names only its type; its optional keys may still be set
+        if (keys[-1] not in node and not (len(keys) > 1 and keys[-2] in _OPEN_SECTIONS)
+                and ".".join(keys) not in _OPTIONAL_KEYS):
             raise RecipeError(f"--set {dotted}: no such key; the section has {sorted(node)}")
         node[keys[-1]] = parse_value(text.strip())
     return recipe
@@ -255,6 +257,9 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
             problems.append(f"train.execution: {err}")
         if not is_model(recipe["model"]["name"]):
             problems.append(f"model.name: unknown model {recipe['model']['name']!r} (zoo.list_models() lists them)")
+        if recipe["loss"]["type"] == "per_pixel" and recipe["loss"].get("semantic_weight"):
+            problems.append("loss.semantic_weight: the per-pixel loss is a semantic loss already; weigh its "
+                            "classes with loss.semantic_class_weight")
         if recipe["data"]["dataset"] not in DATASET_CLASSES:
             problems.append(f"data.dataset: unknown dataset {recipe['data']['dataset']!r}; "
                             f"known: {sorted(DATASET_CLASSES)}")

@@ -307,7 +307,10 @@ def build_criterion(recipe: Dict[str, Any], num_classes: int):
     from . import losses, matcher
     loss = recipe["loss"]
     if loss["type"] == "per_pixel":
-        return losses.PerPixelCrossEntropy()
+        weight = loss.get("semantic_class_weight")
+        if weight is not None and len(weight) != num_classes:
+            raise ValueError(f"loss.semantic_class_weight needs one weight per class ({num_classes}), got {len(weight)}")
+        return losses.PerPixelCrossEntropy(class_weight=weight)
     if loss["type"] != "mask_classification":
         raise ValueError(f"unknown loss type {loss['type']!r}: 'mask_classification' or 'per_pixel'")
     match = matcher.HungarianMatcher(cost_class=loss["class_weight"], cost_focal=loss["focal_weight"],

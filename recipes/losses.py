@@ -545,7 +545,9 @@ class PerPixelCrossEntropy:
     with ``logit_stride=2`` (default) via the padded size ``(2h, 2w)`` then
     cropped, as the model pads its input bottom/right; ``None`` resizes directly.
     The loss is the mean over non-ignored pixels (mmseg's ``avg_non_ignore=True``),
-    0 (with a graph) when every pixel is ignored. ``class_weight`` is optional.
+    0 (with a graph) when every pixel is ignored. With ``class_weight`` [K] (the recipes'
+    ``loss.semantic_class_weight``) it is the weighted mean, ``sum w_y * CE / sum w_y``, as in
+    ``F.cross_entropy``.
     """
 
     def __init__(self, ignore_index: int = 255, logit_stride: Optional[int] = 2,
@@ -554,7 +556,8 @@ class PerPixelCrossEntropy:
         self.class_weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(ignore_index={self.ignore_index}, logit_stride={self.logit_stride})"
+        return (f"{type(self).__name__}(ignore_index={self.ignore_index}, logit_stride={self.logit_stride}"
+                + ("" if self.class_weight is None else f", class_weight={self.class_weight.tolist()}") + ")")
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 4 or label.dim() != 3:

@@ -239,6 +239,18 @@ def test_per_pixel_cross_entropy():
     a = PerPixelCrossEntropy(logit_stride=None)(logits, full)
     b = PerPixelCrossEntropy()(logits, full)
     assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-6)
+    # class weights: the weighted mean sum w_y * CE / sum w_y over the same pixels
+    weight = [0.5, 2.0, 1.0, 3.0, 0.25]
+    weighted = PerPixelCrossEntropy(class_weight=weight)(logits, label)
+    total, norm = 0.0, 0.0
+    for b in range(2):
+        for i in range(7):
+            for j in range(11):
+                c = int(label[b, i, j])
+                if c != 255:
+                    total += -weight[c] * float(up[b, :, i, j].double().log_softmax(0)[c])
+                    norm += weight[c]
+    assert float(weighted.detach()) == pytest.approx(total / norm, rel=1e-6)
     # all pixels ignored: zero, differentiable
     z = PerPixelCrossEntropy()(logits, torch.full((2, 8, 12), 255))
     assert float(z.detach()) == 0.0

@@ -198,6 +198,20 @@ def test_recipe_values_are_checked_before_anything_is_built(override, message):
         cfg_lib.validate_recipe(recipe)
 
 
+def test_per_pixel_recipes_take_class_weights_not_a_semantic_weight():
+    from recipes.losses import PerPixelCrossEntropy
+    recipe = cfg_lib.load_recipe("spikefpn_camvid")
+    with pytest.raises(cfg_lib.RecipeError, match="loss.semantic_weight: the per-pixel loss"):
+        cfg_lib.validate_recipe(cfg_lib.apply_overrides(recipe, ["loss.semantic_weight=1.0"]))
+    weights = tuple(float(k + 1) for k in range(11))
+    weighted = cfg_lib.validate_recipe(cfg_lib.apply_overrides(recipe, [f"loss.semantic_class_weight={weights}"]))
+    criterion = engine.build_criterion(weighted, 11)
+    assert isinstance(criterion, PerPixelCrossEntropy) and criterion.class_weight.tolist() == list(weights)
+    assert engine.build_criterion(cfg_lib.validate_recipe(recipe), 11).class_weight is None
+    with pytest.raises(ValueError, match="one weight per class"):
+        engine.build_criterion(weighted, 12)
+
+
 def test_recipes_find_their_datasets_under_one_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv(cfg_lib.DATA_ENV, raising=False)
     assert cfg_lib.dataset_path("camvid") == Path("data") / "camvid"
