@@ -520,6 +520,10 @@ class Trainer:
         if ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            # rows a killed start logged after its last checkpoint are retrained now: drop them, so that
+            # the files hold the history of the weights that go on (an evaluation still pending reruns)
+            _drop_rows_after(out_dir / "log.csv", self.start)
+            _drop_rows_after(out_dir / "val.csv", self.start - 1 if self.pending_eval else self.start)
             new_log = not (out_dir / "log.csv").exists()
             self.log_file = open(out_dir / "log.csv", "a", newline="")
             self.log_writer = csv.writer(self.log_file)
@@ -678,6 +682,18 @@ def train(recipe: Dict[str, Any], out_dir: Path, resume: Optional[str] = None, s
     raises :class:`TrainingInterrupted` after saving a checkpoint on SIGINT/SIGTERM.
     """
     return Trainer(recipe, out_dir, resume, skip_bad, device, progress).run()
+
+
+def _drop_rows_after(path: Path, iteration: int) -> None:
+    """Rewrite a run's CSV (header, then one row per iteration) without its rows past ``iteration``."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= iteration]
+    if len(kept) < len(lines):
+        log.info("%s: dropped %d rows logged after iteration %d, the checkpoint resumed from",
+                 path.name, len(lines) - len(kept), iteration)
+        write_files_atomically({path: "".join(kept).encode()}, "free some space and resume with --resume")
 
 
 def _append_val_row(path: Path, iteration: int, metrics: Dict[str, Any]) -> None:

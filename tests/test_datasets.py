@@ -287,6 +287,15 @@ def test_class_weights_command_prints_median_frequency_weights(tmp_path, capsys)
     assert got == pytest.approx(expected, abs=1e-4) and len(set(got)) > 2
 
 
+@pytest.mark.skipif(not conftest.REAL_CAMVID, reason="needs the real CamVid under the data root")
+def test_camvid_recipe_class_weights_are_the_train_split_s(capsys):
+    from recipes.configs.camvid import CAMVID_TRAIN_MEDIAN_FREQUENCY
+    from recipes.datasets.__main__ import main
+    assert main(["class-weights", "camvid", str(conftest.CAMVID)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert tuple(float(v) for v in printed.strip("()").split(",")) == CAMVID_TRAIN_MEDIAN_FREQUENCY
+
+
 def test_camvid_list_names_missing_file(camvid_root):
     with open(camvid_root / "train.txt", "a") as fh:
         fh.write("train/0001TP_000003.png trainannot/missing.png\n")

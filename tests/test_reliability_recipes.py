@@ -84,6 +84,30 @@ def test_crash_during_evaluation_resumes_with_that_evaluation(camvid_fixture, tm
         json.loads((tmp_path / "straight" / "metrics.json").read_text())
 
 
+def test_resume_after_a_kill_drops_the_rows_logged_past_the_checkpoint(camvid_fixture, tmp_path, monkeypatch):
+    recipe = tiny_recipe(camvid_fixture, iters=6)       # checkpoints at 2, 4, 6; one evaluation, at 6
+    engine.train(recipe, tmp_path / "straight", progress=False)
+
+    def kill():  # an exception no handler saves for, as SIGKILL or a power cut leaves the folder
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "compute_loss", on_call(4, engine.compute_loss, kill))
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(recipe, tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "last.pth", weights_only=True)["iteration"] == 2
+    assert [r.split(",")[0] for r in (killed / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+    header = (tmp_path / "straight" / "val.csv").read_text().splitlines()[0]
+    (killed / "val.csv").write_text(f"{header}\n3,1.0,2.0,3.0\n")  # as if an evaluation at 3 was written too
+
+    engine.train(recipe, killed, resume="auto", progress=False)
+    assert (killed / "log.csv").read_text().splitlines()[0] == \
+        (tmp_path / "straight" / "log.csv").read_text().splitlines()[0]
+    assert [r.split(",")[0] for r in (killed / "log.csv").read_text().splitlines()[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert (killed / "val.csv").read_text() == (tmp_path / "straight" / "val.csv").read_text()
+    assert _same_weights(_weights(tmp_path / "straight" / "last.pth"), _weights(killed / "last.pth"))
+
+
 def test_a_run_folder_is_never_overwritten(camvid_fixture, tmp_path):
     recipe = tiny_recipe(camvid_fixture, iters=2)
     engine.train(recipe, tmp_path / "run", progress=False)
