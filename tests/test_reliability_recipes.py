@@ -191,13 +191,16 @@ def test_resume_refuses_changed_training_state_and_allows_a_longer_run(camvid_fi
     # compiling the network computes the same training step: a resume may switch it
     assert "train.execution.compile" in cfg_lib.resume_changes(
         recipe, cfg_lib.apply_overrides(recipe, ["train.execution.compile=True"]))[0]
-    # a checkpoint saved before the semantic loss existed resumes as semantic_weight 0; turning it on is refused
+    # a checkpoint saved before the semantic loss existed resumes as semantic_weight 0 (no class weights);
+    # the camvid recipe, which now turns it on, is refused
     saved = json.loads(config_before)
     for key in ("semantic_weight", "semantic_class_weight"):
         saved["loss"].pop(key)
-    assert cfg_lib.resume_changes(saved, recipe) == ([], [])
-    assert "loss.semantic_weight" in cfg_lib.resume_changes(
-        saved, cfg_lib.apply_overrides(recipe, ["loss.semantic_weight=1.0"]))[1][0]
+    without = cfg_lib.apply_overrides(recipe, ["loss.semantic_weight=0.0", "loss.semantic_class_weight=None"])
+    assert cfg_lib.resume_changes(saved, without) == ([], [])
+    assert recipe["loss"]["semantic_weight"] == 1.0
+    refused = " ".join(cfg_lib.resume_changes(saved, recipe)[1])
+    assert "loss.semantic_weight: 0.0 in the checkpoint, 1.0 now" in refused, refused
     longer = cfg_lib.apply_overrides(recipe, ["train.iters=3", "train.log_interval=3"])
     engine.train(longer, tmp_path / "run", resume="auto", progress=False)
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["iteration"] == 3
