@@ -1,0 +1,66 @@
+"""What a wider or deeper ``spike2former_camvid`` costs per training iteration of the ``camvid`` recipe.
+
+Each row trains the recipe through ``python -m recipes train`` for ``--iters`` iterations in a fresh
+process (real CamVid, batch 4, 352x480 crops, loading, matching, losses, backward, AdamW), with the
+model's widths changed by ``--set model.kwargs...``; medians of the iterations after the first. The
+ratio column divides each row's median by the first row's (the registered widths), within this one run,
+so the shared VM's drift between runs cancels. Parameters are counted on the built model; the shipped
+weights are float32, 4 bytes each, and all shipped weights together must stay under 5 MB.
+
+    python benchmarks/camvid_width_speed.py [--iters 10] [--rounds 1] [--data CAMVID_ROOT]
+
+On 2026-12-03 (2 cores) the iteration cost barely followed the backbone's deep stages: 12-24-64-96
+with depths (2, 1) (1.6 times the parameters) took 1.10 times the registered widths' time, because the
+stride-2 stage, the stride-2 mask features, matching and the losses dominate an iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cli_runtime import camvid_root, environment_without_runtime_settings, run_train  # noqa: E402
+
+ROWS = [
+    ("registered widths", {}),
+    ("backbone 12-24-64-96", {"embed_dims": (12, 24, 64, 96)}),
+    ("backbone 12-24-64-96, depths (2, 1)", {"embed_dims": (12, 24, 64, 96), "backbone_depths": (2, 1)}),
+    ("backbone 16-32-96-128", {"embed_dims": (16, 32, 96, 128)}),
+    ("pixel/decoder width 48", {"feat_channels": 48}),
+]
+
+
+def main():
+    import zoo
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=camvid_root(), help="CamVid folder (default: the camvid recipe's)")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    times = {name: [] for name, _ in ROWS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for name, kwargs in ROWS:
+                overrides = [f"model.kwargs.{key}={value!r}" for key, value in kwargs.items()]
+                measured = run_train(environment_without_runtime_settings(), args.data, args.iters, Path(tmp),
+                                     overrides)
+                times[name] += measured
+                print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+    base = statistics.median(times[ROWS[0][0]])
+    print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
+          f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
+    print("| spike2former_camvid widths | parameters | float32 MB | s / iteration (median) | this / first row |")
+    print("|---|---|---|---|---|")
+    for name, kwargs in ROWS:
+        params = sum(p.numel() for p in zoo.create("spike2former_camvid", **kwargs).parameters())
+        median = statistics.median(times[name])
+        print(f"| {name} | {params:,} | {params * 4 / 1e6:.2f} | {median:.3f} | {median / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
