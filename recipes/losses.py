@@ -18,9 +18,9 @@
   gets the three losses, equally weighted; the last is reported as
   ``loss_*``, the earlier ones as ``d{i}.loss_*``; ``loss`` is the total.
 
-Semantic loss (``semantic_weight > 0``; not in the paper nor the official code, off by default):
-``loss_sem``, a per-pixel cross-entropy of the last prediction's semantic scores, the very scores semantic
-inference takes the arg-max of, ``S_c(p) = sum_q softmax(cls_q)[c] sigmoid(m_q(p))``. The scores are
+Semantic loss (``semantic_weight > 0``; not in the paper nor the official code; off by default, on in
+the camvid recipe): ``loss_sem``, a per-pixel cross-entropy of the last prediction's semantic scores,
+the very scores semantic inference takes the arg-max of, ``S_c(p) = sum_q softmax(cls_q)[c] sigmoid(m_q(p))``. The scores are
 normalised over the K classes, ``P_c = S_c / sum_k S_k``, bilinearly upsampled to the label's (padded)
 resolution, and the loss is ``semantic_weight x`` the weighted mean of ``-log P_y`` over the valid pixels,
 with per-class weights ``semantic_class_weight`` (e.g. :func:`median_frequency_weights`). The set losses
