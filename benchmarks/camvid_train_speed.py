@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_runtime import camvid_root, environment_without_runtime_settings, run_train  # noqa: E402
+from cli_runtime import camvid_root, time_rows  # noqa: E402
 
 ROWS = [
     ("2026-11-28 path: PyTorch defaults, eager full-resolution mask losses",
@@ -47,14 +47,8 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="indices of the rows to run")
     args = parser.parse_args()
     rows = [ROWS[i] for i in args.rows] if args.rows else ROWS
-    times = {name: [] for name, _, _ in rows}
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for i, (name, env, overrides) in enumerate(rows):
-                measured = run_train({**environment_without_runtime_settings(), **env}, args.data, args.iters,
-                                     Path(tmp), overrides)
-                times[name] += measured
-                print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+        times = time_rows(rows, args.data, args.iters, args.rounds, Path(tmp))
     base = statistics.median(times[rows[0][0]])
     print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
           f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")

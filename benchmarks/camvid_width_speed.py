@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_runtime import camvid_root, environment_without_runtime_settings, run_train  # noqa: E402
+from cli_runtime import camvid_root, time_rows  # noqa: E402
 
 ROWS = [
     ("registered widths", {}),
@@ -42,15 +42,9 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    times = {name: [] for name, _ in ROWS}
+    rows = [(name, {}, [f"model.kwargs.{key}={value!r}" for key, value in kwargs.items()]) for name, kwargs in ROWS]
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for name, kwargs in ROWS:
-                overrides = [f"model.kwargs.{key}={value!r}" for key, value in kwargs.items()]
-                measured = run_train(environment_without_runtime_settings(), args.data, args.iters, Path(tmp),
-                                     overrides)
-                times[name] += measured
-                print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+        times = time_rows(rows, args.data, args.iters, args.rounds, Path(tmp))
     base = statistics.median(times[ROWS[0][0]])
     print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
           f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")

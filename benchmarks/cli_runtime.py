@@ -61,6 +61,18 @@ def run_train(env: dict, data: str, iters: int, workdir: Path, overrides=()) -> 
     return iteration_times(out / "log.csv")[1:]
 
 
+def time_rows(rows, data: str, iters: int, rounds: int, workdir: Path) -> dict:
+    """``{name: seconds of every measured iteration}`` for rows ``(name, env, overrides)`` of
+    :func:`run_train`, the whole list run ``rounds`` times, interleaved, to even out a shared VM's drift."""
+    times = {name: [] for name, _, _ in rows}
+    for round_ in range(rounds):
+        for name, env, overrides in rows:
+            measured = run_train({**environment_without_runtime_settings(), **env}, data, iters, workdir, overrides)
+            times[name] += measured
+            print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+    return times
+
+
 def run_predict(env: dict, images: list, workdir: Path) -> list:
     process = subprocess.Popen([sys.executable, "-m", "recipes", "predict", "--model", "spike2former_camvid",
                                 *map(str, images), "--out", str(workdir / "pred")],
