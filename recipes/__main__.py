@@ -176,10 +176,12 @@ def cmd_plot(args) -> int:
         twin.plot([int(r["iteration"]) for r in val], [float(r[key]) for r in val], "o-", color="C1",
                   label=f"val {key}")
         twin.set_ylabel(f"val {key} (%)")
-        twin.legend(loc="upper right")
-    ax.legend(loc="upper center")
+    # one legend below the axes: inside them it sat on the last validation point
+    handles = [line for axis in fig.axes for line in axis.get_lines()]
+    fig.legend(handles=handles, labels=[line.get_label() for line in handles], loc="lower center",
+               ncol=len(handles), frameon=False)
     ax.set_title(run.name)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(args.out) if args.out else run
     out.mkdir(parents=True, exist_ok=True)
     from zoo.figures import save_figure
