@@ -4,7 +4,7 @@
 # Run from the repository root with the project's environment active.
 set -euo pipefail
 OUT=benchmarks/reports/analysis-2026-11-28
-CAMVID_VAL=../shared/data/camvid/val
+CAMVID_VAL=${SPIKEZOO_DATA:-data}/camvid/val
 WEIGHTS=${WEIGHTS:-runs/camvid-full/best.pth}
 
 # spike2former_ade20k, random weights (seed 0), real CamVid images resized to the ADE20K crop
