@@ -155,6 +155,19 @@ def running_seconds(run: Path) -> float:
     return sum(max(0.0, end - start) for start, end in earlier) + max(0.0, max(last_end, finished) - last_start)
 
 
+def _without_registered_kwargs(run: Path, recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """``recipe`` without the ``model.kwargs`` that equal the registered model's arguments: a run that tried
+    widths with ``--set`` before they were registered built the registered model, and its record's command
+    is the plain one. Any other ``model.kwargs`` built another model: refused."""
+    name, kwargs = recipe["model"]["name"], recipe["model"].get("kwargs") or {}
+    registered = json.loads(json.dumps(zoo.get_pretrained_cfg(name).model_args))  # tuples as lists
+    changed = {key: value for key, value in kwargs.items() if registered.get(key, object()) != value}
+    if changed:
+        raise ExportError(f"{run} built {name} with model.kwargs={changed}, which the registered model does "
+                          "not have: shipped weights must fit the registered model; register a variant for them")
+    return {**recipe, "model": {**recipe["model"], "kwargs": {}}}
+
+
 def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, checkpoint: str = "last.pth",
                images: Optional[int] = None, progress: bool = True, history: Optional[str] = None
                ) -> Tuple[Path, Path]:
@@ -172,9 +185,7 @@ def export_run(run: Union[str, Path], to: Union[str, Path] = SHIPPED_WEIGHTS, ch
     done = int(log[-1][0]) if log else 0
     if done != iters or metrics.get("final") is None:
         raise ExportError(f"{run} stopped at iteration {done} of {iters}: finish it (--resume) before exporting")
-    if recipe["model"].get("kwargs"):
-        raise ExportError(f"{run} built {recipe['model']['name']} with model.kwargs={recipe['model']['kwargs']}: "
-                          "shipped weights must fit the registered model; register a variant for them")
+    recipe = _without_registered_kwargs(run, recipe)
     if not (run / checkpoint).is_file():
         raise ExportError(f"{run / checkpoint} is missing")
     model = zoo.create(recipe["model"]["name"], checkpoint_path=run / checkpoint).eval()

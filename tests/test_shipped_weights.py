@@ -144,6 +144,11 @@ def test_export_refuses_unfinished_runs_and_changed_models(trained_run, tiny_reg
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(export_mod.ExportError, match="must fit the registered model"):
         export_mod.export_run(run, tmp_path / "out", progress=False)
+    # widths tried with --set and registered since build the registered model: exported, plain command
+    config["model"]["kwargs"] = {"num_queries": TINY["num_queries"], "embed_dims": list(TINY["embed_dims"])}
+    (run / "config.json").write_text(json.dumps(config))
+    _, meta = export_mod.export_run(run, tmp_path / "same", progress=False)
+    assert "model.kwargs" not in json.loads(meta.read_text())["training"]["command"]
     with pytest.raises(export_mod.ExportError, match="lacks metrics.json"):
         (run / "metrics.json").unlink()
         export_mod.export_run(run, tmp_path / "out", progress=False)
