@@ -253,8 +253,8 @@ def spikefpn_voc2012(**kwargs) -> SpikeFPN:
 
 
 @register_model(cfgs={"t1d4": _cfg(
-    "camvid", meta.CAMVID_CLASSES, meta.CAMVID_PALETTE, 1, 4, 368_503, {}, crop=(360, 480),
-    model_args=dict(CAMVID_BACKBONE, neck_channels=32), macs=2.121,
+    "camvid", meta.CAMVID_CLASSES, meta.CAMVID_PALETTE, 1, 4, 585_303, {}, crop=(360, 480),
+    model_args=dict(CAMVID_BACKBONE, neck_channels=32), macs=2.277,
     notes="The SpikeFPN baseline for spike2former_camvid, on the same scaled-down backbone; not in the paper.")},
     checkpoint_filter=_checkpoint_filter, test_args=_TEST_ARGS)
 def spikefpn_camvid(**kwargs) -> SpikeFPN:
