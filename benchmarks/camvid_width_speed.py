@@ -10,10 +10,12 @@ together must stay under 5 MB.
 
     python benchmarks/camvid_width_speed.py [--iters 10] [--rounds 1] [--data CAMVID_ROOT]
 
-On 2026-12-03 (2 cores, 10 iterations per row, run ad hoc with the same method) the iteration cost
-barely followed the backbone's deep stages: 12-24-64-96 with depths (2, 1) (1.6 times the parameters)
-took 1.10 times the earlier widths' time, because the stride-2 stage, the stride-2 mask features,
-matching and the losses dominate an iteration; that is why it became the registered backbone.
+On 2026-12-03 (2 cores, ``--iters 10 --rounds 2``, a quiet VM) the width of the backbone's transformer
+stages cost no measurable time: 12-24-64-96 with depths (2, 1) (1.6 times the parameters) ran at 0.98
+times the earlier widths' time, 16-32-96-128 (2.4 times) at 0.99; a 48-channel pixel decoder and
+decoder, 1.05. An earlier one-round run gave 1.10 for the registered widths: differences under about
+10% are within this VM's noise. The stride-2 stage, the stride-2 mask features, matching and the losses
+dominate an iteration; that is why 12-24-64-96 with depths (2, 1) became the registered backbone.
 """
 from __future__ import annotations
 

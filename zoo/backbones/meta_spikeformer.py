@@ -466,8 +466,8 @@ def _backbone_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
 # The backbone of the CamVid models (spike2former_camvid, spikefpn_camvid), as segmentor arguments.
 # The stride-2 and stride-4 stages stay thin (they dominate a CPU training step); the two transformer
 # stages are wider and the first one two blocks deep: 1.6x the parameters of 12-24-48-64 with one block
-# each, for about 1.1x the iteration time (benchmarks/camvid_width_speed.py) and +2 val mIoU at the
-# camvid recipe's budget (55.1 vs 53.0).
+# each, at no measurable cost in iteration time (0.98-1.10x, benchmarks/camvid_width_speed.py), and +2
+# val mIoU at the camvid recipe's budget (55.1 vs 53.0).
 CAMVID_BACKBONE = dict(embed_dims=(12, 24, 64, 96), backbone_heads=4, backbone_depths=(2, 1))
 
 def _sdtv2_notes(factory: str, cls_params: str, imagenet: str) -> str:
