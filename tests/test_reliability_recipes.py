@@ -234,7 +234,11 @@ def test_per_pixel_recipes_take_class_weights_not_a_semantic_weight():
     weighted = cfg_lib.validate_recipe(cfg_lib.apply_overrides(recipe, [f"loss.semantic_class_weight={weights}"]))
     criterion = engine.build_criterion(weighted, 11)
     assert isinstance(criterion, PerPixelCrossEntropy) and criterion.class_weight.tolist() == list(weights)
-    assert engine.build_criterion(cfg_lib.validate_recipe(recipe), 11).class_weight is None
+    from recipes.configs.camvid import CAMVID_TRAIN_MEDIAN_FREQUENCY  # the recipe's own: the camvid recipe's
+    own = engine.build_criterion(cfg_lib.validate_recipe(recipe), 11).class_weight
+    assert own.tolist() == pytest.approx(CAMVID_TRAIN_MEDIAN_FREQUENCY)
+    unweighted = cfg_lib.validate_recipe(cfg_lib.apply_overrides(recipe, ["loss.semantic_class_weight=None"]))
+    assert engine.build_criterion(unweighted, 11).class_weight is None
     with pytest.raises(ValueError, match="one weight per class"):
         engine.build_criterion(weighted, 12)
 
