@@ -164,7 +164,9 @@ def cmd_plot(args) -> int:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], label="training loss")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (all query states)")
+    config = run / "config.json"
+    per_pixel = config.is_file() and json.loads(config.read_text())["loss"]["type"] == "per_pixel"
+    ax.set_ylabel("loss (per-pixel cross-entropy)" if per_pixel else "loss (all query states)")
     val_file = run / "val.csv"
     val = []
     if val_file.is_file():
