@@ -17,10 +17,8 @@ Target (issue 11): the default at least 2x faster than the first row.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,11 +45,8 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="indices of the rows to run")
     args = parser.parse_args()
     rows = [ROWS[i] for i in args.rows] if args.rows else ROWS
-    with tempfile.TemporaryDirectory() as tmp:
-        times = time_rows(rows, args.data, args.iters, args.rounds, Path(tmp))
+    times = time_rows(rows, args.data, args.iters, args.rounds)
     base = statistics.median(times[rows[0][0]])
-    print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
-          f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| path | s / iteration (median) | first row / this |")
     print("|---|---|---|")
     for name, _, _ in rows:

@@ -20,10 +20,8 @@ dominate an iteration; that is why 12-24-64-96 with depths (2, 1) became the reg
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,11 +46,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     rows = [(name, {}, [f"model.kwargs.{key}={value!r}" for key, value in kwargs.items()]) for name, kwargs in ROWS]
-    with tempfile.TemporaryDirectory() as tmp:
-        times = time_rows(rows, args.data, args.iters, args.rounds, Path(tmp))
+    times = time_rows(rows, args.data, args.iters, args.rounds)
     base = statistics.median(times[ROWS[0][0]])
-    print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {args.rounds} round(s) of {args.iters} "
-          f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| spike2former_camvid widths | parameters | float32 MB | s / iteration (median) | this / first row |")
     print("|---|---|---|---|---|")
     for name, kwargs in ROWS:

@@ -61,15 +61,20 @@ def run_train(env: dict, data: str, iters: int, workdir: Path, overrides=()) -> 
     return iteration_times(out / "log.csv")[1:]
 
 
-def time_rows(rows, data: str, iters: int, rounds: int, workdir: Path) -> dict:
-    """``{name: seconds of every measured iteration}`` for rows ``(name, env, overrides)`` of
-    :func:`run_train`, the whole list run ``rounds`` times, interleaved, to even out a shared VM's drift."""
+def time_rows(rows, data: str, iters: int, rounds: int) -> dict:
+    """``{name: seconds of every measured iteration}`` for rows ``(name, env, overrides)`` of the camvid
+    recipe through :func:`run_train`, the whole list run ``rounds`` times, interleaved, to even out a shared
+    VM's drift; then prints the conditions of the run (cores, rounds, load) above the caller's table."""
     times = {name: [] for name, _, _ in rows}
-    for round_ in range(rounds):
-        for name, env, overrides in rows:
-            measured = run_train({**environment_without_runtime_settings(), **env}, data, iters, workdir, overrides)
-            times[name] += measured
-            print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for name, env, overrides in rows:
+                measured = run_train({**environment_without_runtime_settings(), **env}, data, iters, Path(tmp),
+                                     overrides)
+                times[name] += measured
+                print(f"  round {round_ + 1}: {name}: {statistics.median(measured):.3f} s/it", file=sys.stderr)
+    print(f"\ncamvid recipe, batch 4, 352x480, {os.cpu_count()} cores, {rounds} round(s) of {iters} "
+          f"iterations per row, load average {os.getloadavg()[0]:.2f} at the end\n")
     return times
 
 
